@@ -1,0 +1,11 @@
+/* libkasroute — umbrella header: includes every public header. */
+#ifndef KASROUTE_KASROUTE_H
+#define KASROUTE_KASROUTE_H
+
+#include <kasroute/common.h>
+#include <kasroute/error.h>
+#include <kasroute/mem.h>
+#include <kasroute/mux.h>
+#include <kasroute/version.h>
+
+#endif

@@ -28,7 +28,16 @@ KR_BEGIN_DECLS
   X(TIMEDOUT, -12, "timed out")                                                \
   X(VERSION, -13, "no protocol version in common with the peer")               \
   X(TOOBIG, -14, "value exceeds a configured or negotiated limit")             \
-  X(RESET, -15, "stream was reset")
+  X(RESET, -15, "stream was reset")                                           \
+  X(AUTH, -16, "authentication failed")                                       \
+  X(NOTCONN, -17, "agent is not connected")                                    \
+  X(NOSERVICE, -18, "unknown service")                                         \
+  X(IO, -19, "I/O error")                                                      \
+  X(TLS, -20, "TLS failure")                                                   \
+  X(CONFIG, -21, "invalid configuration")                                      \
+  X(NOENT, -22, "no such entry")                                               \
+  X(UPSTREAM, -23, "upstream service failed")                                  \
+  X(ADDR, -24, "invalid or unresolvable address")
 
 typedef enum kr_error {
 #define KR__ERROR_ENUM(name, value, msg) KR_E##name = (value),

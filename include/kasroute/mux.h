@@ -279,6 +279,12 @@ KR_API kr_time_us kr_mux_rtt(const kr_mux *m);
  * sends another GOAWAY with the new code. */
 KR_API int kr_mux_goaway(kr_mux *m, uint32_t code, const char *reason);
 
+/* The transport is gone (reset, timed out, closed by the host): fails the
+ * connection now. Every stream gets on_close(code, reason) and on_goaway
+ * fires with remote = 0, so stream owners can clean up before
+ * kr_mux_free(). Returns 0, or KR_ECLOSED if the mux had already failed. */
+KR_API int kr_mux_abort(kr_mux *m, uint32_t code, const char *reason);
+
 /* Streams currently open (both directions counted). */
 KR_API size_t kr_mux_num_streams(const kr_mux *m);
 

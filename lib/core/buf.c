@@ -94,6 +94,8 @@ int kr__ring_write(const kr_mem *mem, kr__ring *r, const void *src, size_t n) {
 }
 
 void kr__ring_read(kr__ring *r, void *dst, size_t n) {
+  if (n == 0)
+    return;
   size_t first = r->cap - r->head < n ? r->cap - r->head : n;
   memcpy(dst, r->data + r->head, first);
   if (n > first)

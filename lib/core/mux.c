@@ -28,6 +28,7 @@ struct kr_stream {
   kr_mux *m;
   uint32_t id;
   void *user_data;
+  const void *handler;        /* per-stream dispatch for lib/io (internal) */
   unsigned local : 1;         /* opened by this side */
   unsigned in_map : 1;        /* protocol state still live (counts) */
   unsigned app_closed : 1;    /* on_close delivered; handle is dead */
@@ -104,10 +105,22 @@ struct kr_mux {
   uint32_t goaway_sent_last; /* peer ids above are refused */
   uint32_t goaway_recv_last; /* our ids above were not processed */
   int failed; /* 0 or the error kr_mux_recv/tick returned */
+  void (*out_hook)(kr_mux *m, void *ud); /* output became pending */
+  void *out_hook_ud;
+  int out_signalled; /* hook called since the last kr_mux_send() */
   int depth;  /* nesting of public calls that fire callbacks */
 };
 
 static void mux_destroy(kr_mux *m);
+
+/* Tells the host's I/O layer, once per kr_mux_send(), that there is
+ * something to send. */
+static void signal_output(kr_mux *m) {
+  if (m->out_hook && !m->out_signalled) {
+    m->out_signalled = 1;
+    m->out_hook(m, m->out_hook_ud);
+  }
+}
 
 /* ------------------------------------------------------------ re-entrancy */
 
@@ -183,6 +196,7 @@ static void ready_update(kr_mux *m, kr_stream *s) {
   }
   if (s->in_ready)
     return;
+  signal_output(m);
   s->ready_prev = m->ready_tail;
   s->ready_next = NULL;
   if (m->ready_tail)
@@ -208,6 +222,8 @@ static void wlist_add(kr_mux *m, kr_stream *s) {
 
 /* ---------------------------------------------------------- closing paths */
 
+static int return_credit(kr_mux *m, kr_stream *s);
+
 /* Delivers on_close once and returns the stream's unconsumed bytes to the
  * connection window (the application gave them up by returning). */
 static void app_close(kr_mux *m, kr_stream *s, uint32_t code,
@@ -219,8 +235,13 @@ static void app_close(kr_mux *m, kr_stream *s, uint32_t code,
   ready_remove(m, s);
   if (m->cb.on_close)
     m->cb.on_close(s, code, reason, reason_len, m->user_data);
-  m->conn_consumed_unacked += s->recv_unconsumed;
+  size_t given_up = s->recv_unconsumed;
+  m->conn_consumed_unacked += given_up;
   s->recv_unconsumed = 0;
+  /* Without this WINDOW a connection whose window those bytes filled would
+   * never move again. */
+  if (given_up && !m->failed)
+    return_credit(m, NULL);
 }
 
 /* Ends the protocol state of s: it stops counting toward the limits. */
@@ -255,8 +276,10 @@ static int fail(kr_mux *m, int err, uint32_t code, const char *reason) {
     return m->failed;
   m->failed = err;
   size_t rlen = reason ? strlen(reason) : 0;
-  m->final_len = kr__frame_goaway(m->final, m->last_peer_id, code, reason, rlen);
+  uint32_t last = m->goaway_sent ? m->goaway_sent_last : m->last_peer_id;
+  m->final_len = kr__frame_goaway(m->final, last, code, reason, rlen);
   m->final_off = 0;
+  signal_output(m);
   if (m->cb.on_goaway)
     m->cb.on_goaway(m, 0, code, (const uint8_t *)reason,
                     rlen > KR_MAX_REASON ? KR_MAX_REASON : rlen, m->user_data);
@@ -281,6 +304,7 @@ static int fail_nomem(kr_mux *m) {
 static int emit(kr_mux *m, const uint8_t *frame, size_t len) {
   if (kr__buf_append(&m->mem, &m->out, frame, len) < 0)
     return fail_nomem(m);
+  signal_output(m);
   return 0;
 }
 
@@ -326,6 +350,7 @@ static void put_data(kr_mux *m, kr_stream *s, const void *src, size_t n,
   else
     kr__ring_read(&s->queue, p + KR_FRAME_HEADER_SIZE, n);
   m->out.len += KR_FRAME_HEADER_SIZE + n;
+  signal_output(m);
   s->send_window -= (int64_t)n;
   m->conn_send_window -= (int64_t)n;
   if (fin) {
@@ -480,6 +505,18 @@ void *kr_mux_user_data(const kr_mux *m) { return m->user_data; }
 
 void kr__mux_set_next_stream_id(kr_mux *m, uint32_t id) { m->next_id = id; }
 
+void kr__mux_set_output_hook(kr_mux *m, void (*hook)(kr_mux *, void *),
+                             void *ud) {
+  m->out_hook = hook;
+  m->out_hook_ud = ud;
+}
+
+void kr__stream_set_handler(kr_stream *s, const void *handler) {
+  s->handler = handler;
+}
+
+const void *kr__stream_get_handler(const kr_stream *s) { return s->handler; }
+
 /* ----------------------------------------------------------------- receive */
 
 static int local_parity(const kr_mux *m) {
@@ -564,10 +601,10 @@ static int on_open_frame(kr_mux *m, const uint8_t *p, size_t len) {
     return proto(m, "OPEN with this side's stream-id parity");
   if (id <= m->last_peer_id)
     return proto(m, "OPEN stream id not increasing");
-  m->last_peer_id = id;
   if (m->n_peer >= m->opt.max_streams)
     return fail(m, KR_ESTREAMLIMIT, KR_CODE_STREAM_LIMIT,
                 "OPEN beyond MAX_STREAMS");
+  m->last_peer_id = id;
   int n = decode_md(m, p, len);
   if (n < 0)
     return n;
@@ -680,6 +717,10 @@ static int on_goaway_frame(kr_mux *m, const uint8_t *p, size_t len) {
   if (!m->goaway_received || last < m->goaway_recv_last)
     m->goaway_recv_last = last;
   m->goaway_received = 1;
+  /* The application hears why before the refused streams close. */
+  if (m->cb.on_goaway)
+    m->cb.on_goaway(m, 1, code, p + KR__GOAWAY_FIXED, len - KR__GOAWAY_FIXED,
+                    m->user_data);
   static const char refused[] = "not processed before the peer's GOAWAY";
   for (kr_stream *s = m->all, *next; s; s = next) {
     next = s->all_next;
@@ -687,9 +728,6 @@ static int on_goaway_frame(kr_mux *m, const uint8_t *p, size_t len) {
       stream_end(m, s, KR_CODE_REFUSED, (const uint8_t *)refused,
                  sizeof(refused) - 1);
   }
-  if (m->cb.on_goaway)
-    m->cb.on_goaway(m, 1, code, p + KR__GOAWAY_FIXED, len - KR__GOAWAY_FIXED,
-                    m->user_data);
   return 0;
 }
 
@@ -848,6 +886,7 @@ int64_t kr_mux_recv(kr_mux *m, const uint8_t *in, size_t len, kr_time_us now) {
 
 size_t kr_mux_send(kr_mux *m, const uint8_t **out) {
   *out = NULL;
+  m->out_signalled = 0;
   enter(m);
   flush(m);
   while (m->wlist && !m->failed) {
@@ -960,6 +999,7 @@ int kr_mux_ping(kr_mux *m, kr_time_us now) {
   uint8_t f[KR_FRAME_HEADER_SIZE + KR__PING_LEN];
   if (kr__buf_append(&m->mem, &m->out, f, kr__frame_ping(f, 0, opaque)) < 0)
     return KR_ENOMEM;
+  signal_output(m);
   m->ping_out = 1;
   m->ping_sent = now;
   return 0;
@@ -977,12 +1017,22 @@ int kr_mux_goaway(kr_mux *m, uint32_t code, const char *reason) {
   size_t n = kr__frame_goaway(f, last, code, reason, rlen);
   if (kr__buf_append(&m->mem, &m->out, f, n) < 0)
     return KR_ENOMEM;
+  signal_output(m);
   m->goaway_sent = 1;
   m->goaway_sent_last = last;
   enter(m);
   if (m->cb.on_goaway)
     m->cb.on_goaway(m, 0, code, (const uint8_t *)reason,
                     rlen > KR_MAX_REASON ? KR_MAX_REASON : rlen, m->user_data);
+  leave(m);
+  return 0;
+}
+
+int kr_mux_abort(kr_mux *m, uint32_t code, const char *reason) {
+  if (m->failed)
+    return KR_ECLOSED;
+  enter(m);
+  fail(m, KR_ECLOSED, code, reason);
   leave(m);
   return 0;
 }
@@ -1014,6 +1064,7 @@ static int put_md_frame(kr_mux *m, uint8_t type, uint32_t id, const kr_md *md,
   kr__frame_hdr_encode(p, &h);
   kr__md_encode(p + KR_FRAME_HEADER_SIZE, md, n);
   m->out.len += KR_FRAME_HEADER_SIZE + size;
+  signal_output(m);
   return 0;
 }
 
@@ -1084,8 +1135,9 @@ int64_t kr_stream_write(kr_stream *s, const void *buf, size_t len) {
   const uint8_t *p = buf;
   size_t done = 0;
   int nomem = 0;
-  /* Direct path: nothing queued ahead, credit available, output not full. */
-  if (s->queue.len == 0) {
+  /* Direct path: nothing queued ahead on this stream nor waiting on others
+   * (they get the connection credit first), output not full. */
+  if (s->queue.len == 0 && m->ready_head == NULL) {
     while (done < len && s->send_window > 0 && m->conn_send_window > 0 &&
            kr__buf_pending(&m->out) < m->opt.output_limit) {
       size_t n = min_size(len - done, (size_t)s->send_window);
@@ -1149,6 +1201,7 @@ int kr_stream_reset(kr_stream *s, uint32_t code, const char *reason) {
     size_t n = kr__frame_reset(f, s->id, 0, code, reason, rlen);
     if (kr__buf_append(&m->mem, &m->out, f, n) < 0)
       return KR_ENOMEM;
+    signal_output(m);
     s->reset_sent = 1;
   }
   s->send_open = 0;

@@ -1,0 +1,107 @@
+/* libkasroute — the kas server role (what kasd runs).
+ *
+ * A kr_kas listens for agent tunnels and for API clients on a libevent
+ * loop the host owns. Agents authenticate with a token (HELLO ":token"),
+ * resolved to an agent id by the token table; API clients authenticate
+ * with an HS256 JWT (audience "gitlab-kas") in their HELLO ":token". A
+ * client stream names ":agent" (decimal id) and ":service"; kas opens a
+ * stream to that agent's least-loaded tunnel and splices the two with
+ * end-to-end backpressure, or waits for a tunnel until the route timeout
+ * and then resets the stream with KR_CODE_UNAVAILABLE.
+ *
+ * Threading: every call on the loop thread of the event_base given to
+ * kr_kas_new(). Nothing is thread-safe.
+ */
+#ifndef KASROUTE_KAS_H
+#define KASROUTE_KAS_H
+
+#include <kasroute/common.h>
+#include <kasroute/mux.h>
+
+KR_BEGIN_DECLS
+
+struct event_base;
+typedef struct kr_kas kr_kas;
+typedef struct kr_kas_options kr_kas_options;
+
+/* Returns 0 or KR_ENOMEM. */
+KR_API int kr_kas_options_new(kr_kas_options **out);
+/* NULL is a no-op. */
+KR_API void kr_kas_options_free(kr_kas_options *o);
+
+/* Where agents connect: tcp://host:port or tls://host:port (port 0 picks a
+ * free port; see kr_kas_agent_port()). Repeatable, at most 16 in all.
+ * KR_EADDR for a malformed URL or unsupported scheme, KR_ETOOBIG. */
+KR_API int kr_kas_options_add_agent_listen(kr_kas_options *o, const char *url);
+/* Where API clients connect; same URL forms. */
+KR_API int kr_kas_options_add_api_listen(kr_kas_options *o, const char *url);
+/* Certificate chain and key (PEM files) for tls:// listeners. Copied. */
+KR_API int kr_kas_options_set_tls(kr_kas_options *o, const char *cert_file,
+                                  const char *key_file);
+/* Agent token file (docs: README "Agent tokens"). Required. Copied. */
+KR_API int kr_kas_options_set_agent_tokens_file(kr_kas_options *o,
+                                                const char *path);
+/* Secret for API JWTs (HS256), at least 32 bytes. Copied. Required when
+ * an API listener is configured. KR_EINVAL when shorter. */
+KR_API int kr_kas_options_set_api_secret(kr_kas_options *o,
+                                         const uint8_t *secret, size_t len);
+/* How long a client stream waits for a tunnel of its agent. Default 20 s. */
+KR_API int kr_kas_options_set_route_timeout(kr_kas_options *o,
+                                            kr_time_us timeout);
+/* Keepalive of every connection (see kr_mux_options_set_keepalive()).
+ * Defaults 15 s / 45 s. */
+KR_API int kr_kas_options_set_keepalive(kr_kas_options *o, kr_time_us interval,
+                                        kr_time_us timeout);
+/* Time allowed for TLS and HELLO. Default 10 s. */
+KR_API int kr_kas_options_set_handshake_timeout(kr_kas_options *o,
+                                                kr_time_us timeout);
+/* Instance name for logs. Default "kas". Copied (max 255 bytes). */
+KR_API int kr_kas_options_set_name(kr_kas_options *o, const char *name);
+
+/* Creates the server and binds every listener. o is copied. On failure
+ * returns KR_EADDR (bind), KR_ETLS (certificate), KR_ECONFIG (missing
+ * token file or secret, unreadable token file) or KR_ENOMEM, with a reason
+ * in err (may be NULL). */
+KR_API int kr_kas_new(kr_kas **out, struct event_base *base,
+                      const kr_kas_options *o, char *err, size_t errlen);
+
+/* Closes every connection and listener at once (no callbacks to anyone)
+ * and frees. NULL is a no-op. */
+KR_API void kr_kas_free(kr_kas *k);
+
+/* Bound port of the i-th agent / API listener in the order added, or
+ * KR_EINVAL. */
+KR_API int kr_kas_agent_port(const kr_kas *k, size_t i);
+KR_API int kr_kas_api_port(const kr_kas *k, size_t i);
+
+/* Re-reads the token file; on error the old table stays in force and the
+ * reason is in err. Connected agents are not re-checked. */
+KR_API int kr_kas_reload_tokens(kr_kas *k, char *err, size_t errlen);
+
+typedef void (*kr_kas_drained_cb)(kr_kas *k, void *user_data);
+
+/* Graceful shutdown: stop accepting, send GOAWAY(SHUTDOWN) on every
+ * connection, let open streams finish for up to grace, then close what is
+ * left. done fires once, from the loop, when no connection remains. */
+KR_API void kr_kas_drain(kr_kas *k, kr_time_us grace, kr_kas_drained_cb done,
+                         void *user_data);
+
+typedef enum kr_kas_stat {
+  KR_KAS_STAT_AGENT_CONNECTIONS = 0, /* authenticated tunnels now */
+  KR_KAS_STAT_API_CONNECTIONS,       /* authenticated API clients now */
+  KR_KAS_STAT_AUTH_FAILURES,         /* refused agent and API credentials */
+  KR_KAS_STAT_STREAMS_ROUTED,        /* client streams spliced to a tunnel */
+  KR_KAS_STAT_ROUTE_TIMEOUTS,        /* no tunnel before the deadline */
+  KR_KAS_STAT_STREAMS_ACTIVE,        /* spliced streams now */
+  KR_KAS_STAT_COUNT
+} kr_kas_stat;
+
+/* A counter or gauge; 0 for unknown ids. */
+KR_API uint64_t kr_kas_stat_get(const kr_kas *k, kr_kas_stat id);
+
+/* Number of distinct agents with at least one tunnel here. */
+KR_API size_t kr_kas_agent_count(const kr_kas *k);
+
+KR_END_DECLS
+
+#endif

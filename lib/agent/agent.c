@@ -1,0 +1,490 @@
+/* The agent role: tunnel connections to kas and the services behind them
+ * (kasroute/agent.h). */
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <kasroute/agent.h>
+#include <kasroute/error.h>
+
+#include "core/backoff.h"
+#include "core/mux_internal.h"
+#include "io/conn.h"
+#include "io/log.h"
+#include "io/splice.h"
+#include "io/transport_tcp.h"
+#include "io/transport_tls.h"
+#include "io/url.h"
+
+#define KR__AGENT_MAX_SERVICES 256
+#define KR__AGENT_MAX_CONNS 64
+#define KR__AGENT_STABLE_US (60 * 1000000ull)
+
+typedef struct agent_service {
+  char name[128];
+  kr__url url;
+} agent_service;
+
+struct kr_agent_options {
+  kr__url kas;
+  int has_kas;
+  char token[4097];
+  size_t token_len;
+  unsigned connections;
+  char name[128];
+  agent_service services[KR__AGENT_MAX_SERVICES];
+  size_t n_services;
+  char ca_file[1024];
+  int verify;
+  kr_time_us ka_interval, ka_timeout;
+  kr_time_us backoff_base, backoff_cap;
+};
+
+typedef struct agent_slot agent_slot;
+typedef struct agent_link agent_link;
+
+/* One tunnel connection. A slot owns its current link; links replaced
+ * after a GOAWAY live on as "retired" until their streams end. */
+struct agent_link {
+  kr_agent *a;
+  agent_slot *slot; /* NULL once retired */
+  kr__conn *conn;
+  int ready;
+  agent_link *prev, *next;
+};
+
+struct agent_slot {
+  kr_agent *a;
+  unsigned index;
+  agent_link *link;
+  kr__backoff backoff;
+  struct event *retry_ev;
+};
+
+struct kr_agent {
+  struct event_base *base;
+  kr_agent_options opt;
+  kr__tls_config *tls;
+  kr_mux_options *mux_opt;
+  agent_slot slots[KR__AGENT_MAX_CONNS];
+  agent_link *links; /* all live links */
+  unsigned ready;
+  int draining;
+  struct event *drain_ev;
+  kr_agent_drained_cb drained;
+  void *drained_ud;
+};
+
+/* ---------------------------------------------------------------- options */
+
+int kr_agent_options_new(kr_agent_options **out) {
+  kr_agent_options *o = calloc(1, sizeof(*o));
+  if (!o)
+    return KR_ENOMEM;
+  o->connections = 2;
+  o->verify = 1;
+  o->ka_interval = 15 * 1000000ull;
+  o->ka_timeout = 45 * 1000000ull;
+  o->backoff_base = 1000000ull;
+  o->backoff_cap = 30 * 1000000ull;
+  if (gethostname(o->name, sizeof(o->name) - 1) != 0 || !o->name[0])
+    snprintf(o->name, sizeof(o->name), "agent");
+  *out = o;
+  return 0;
+}
+
+void kr_agent_options_free(kr_agent_options *o) {
+  if (o) {
+    memset(o->token, 0, sizeof(o->token));
+    free(o);
+  }
+}
+
+int kr_agent_options_set_kas_url(kr_agent_options *o, const char *url) {
+  char err[256];
+  kr__url u;
+  if (kr__url_parse(url, &u, err, sizeof(err)) < 0 ||
+      (u.scheme != KR__SCHEME_TCP && u.scheme != KR__SCHEME_TLS))
+    return KR_EADDR;
+  o->kas = u;
+  o->has_kas = 1;
+  return 0;
+}
+
+int kr_agent_options_set_token(kr_agent_options *o, const char *token,
+                               size_t len) {
+  if (!token || len == 0 || len > 4096)
+    return KR_EINVAL;
+  memcpy(o->token, token, len);
+  o->token[len] = 0;
+  o->token_len = len;
+  return 0;
+}
+
+int kr_agent_options_set_connections(kr_agent_options *o, unsigned n) {
+  if (n == 0 || n > KR__AGENT_MAX_CONNS)
+    return KR_EINVAL;
+  o->connections = n;
+  return 0;
+}
+
+int kr_agent_options_set_name(kr_agent_options *o, const char *name) {
+  if (!name || !*name || strlen(name) >= sizeof(o->name))
+    return KR_EINVAL;
+  snprintf(o->name, sizeof(o->name), "%s", name);
+  return 0;
+}
+
+static int valid_service_name(const char *n) {
+  size_t len = strlen(n);
+  if (len == 0 || len > 127)
+    return 0;
+  for (const char *p = n; *p; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+          (*p >= '0' && *p <= '9') || *p == '.' || *p == '_' || *p == '-'))
+      return 0;
+  return 1;
+}
+
+int kr_agent_options_add_service(kr_agent_options *o, const char *name,
+                                 const char *url) {
+  if (!name || !valid_service_name(name))
+    return KR_EINVAL;
+  char err[256];
+  kr__url u;
+  if (kr__url_parse(url, &u, err, sizeof(err)) < 0 || u.scheme != KR__SCHEME_TCP)
+    return KR_EADDR;
+  if (o->n_services >= KR__AGENT_MAX_SERVICES)
+    return KR_ETOOBIG;
+  for (size_t i = 0; i < o->n_services; i++)
+    if (strcmp(o->services[i].name, name) == 0)
+      return KR_ESTATE;
+  snprintf(o->services[o->n_services].name, 128, "%s", name);
+  o->services[o->n_services].url = u;
+  o->n_services++;
+  return 0;
+}
+
+int kr_agent_options_set_tls_ca_file(kr_agent_options *o, const char *path) {
+  if (!path || strlen(path) >= sizeof(o->ca_file))
+    return KR_EINVAL;
+  snprintf(o->ca_file, sizeof(o->ca_file), "%s", path);
+  return 0;
+}
+
+int kr_agent_options_set_tls_verify(kr_agent_options *o, int verify) {
+  o->verify = verify ? 1 : 0;
+  return 0;
+}
+
+int kr_agent_options_set_keepalive(kr_agent_options *o, kr_time_us interval,
+                                   kr_time_us timeout) {
+  if (timeout != 0 && timeout <= interval)
+    return KR_EINVAL;
+  o->ka_interval = interval;
+  o->ka_timeout = timeout;
+  return 0;
+}
+
+int kr_agent_options_set_backoff(kr_agent_options *o, kr_time_us base,
+                                 kr_time_us cap) {
+  if (base == 0 || cap < base)
+    return KR_EINVAL;
+  o->backoff_base = base;
+  o->backoff_cap = cap;
+  return 0;
+}
+
+/* ---------------------------------------------------------------- streams */
+
+static const agent_service *find_service(const kr_agent *a, const kr_md *md,
+                                         size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (md[i].name_len != strlen(KR_MD_SERVICE) ||
+        memcmp(md[i].name, KR_MD_SERVICE, md[i].name_len) != 0)
+      continue;
+    for (size_t j = 0; j < a->opt.n_services; j++) {
+      const agent_service *sv = &a->opt.services[j];
+      if (strlen(sv->name) == md[i].value_len &&
+          memcmp(sv->name, md[i].value, md[i].value_len) == 0)
+        return sv;
+    }
+    return NULL;
+  }
+  return NULL;
+}
+
+static void tcp_service(kr_agent *a, const agent_service *sv, kr_stream *s,
+                        int fin) {
+  struct bufferevent *bev = bufferevent_socket_new(
+      a->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+  if (!bev) {
+    kr_stream_reset(s, KR_CODE_INTERNAL, "out of memory");
+    return;
+  }
+  kr__splice *sp;
+  if (kr__splice_new(s, bev, 0, 1, NULL, NULL, &sp) < 0) {
+    kr_stream_reset(s, KR_CODE_INTERNAL, "out of memory");
+    return;
+  }
+  if (fin)
+    kr__splice_peer_fin(sp);
+  /* A failure here reaches the splice as an error event (reset UPSTREAM). */
+  bufferevent_socket_connect_hostname(bev, NULL, AF_UNSPEC, sv->url.host,
+                                      sv->url.port);
+}
+
+static void on_stream(kr__conn *c, kr_stream *s, const kr_md *md, size_t n,
+                      int fin, void *ud) {
+  agent_link *l = ud;
+  kr_agent *a = l->a;
+  const agent_service *sv = find_service(a, md, n);
+  if (!sv) {
+    kr_stream_reset(s, KR_CODE_NOT_FOUND, "unknown service");
+    kr__conn_kick(c);
+    return;
+  }
+  tcp_service(a, sv, s, fin);
+  kr__conn_kick(c);
+}
+
+/* ----------------------------------------------------------- connections */
+
+static void dial(agent_slot *slot);
+static void maybe_drained(kr_agent *a);
+
+static void link_unlink(kr_agent *a, agent_link *l) {
+  if (l->prev)
+    l->prev->next = l->next;
+  else
+    a->links = l->next;
+  if (l->next)
+    l->next->prev = l->prev;
+}
+
+static uint64_t random_u64(void) {
+  uint64_t r = 0;
+  if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+    r = (uint64_t)kr__now_us() * 6364136223846793005ull;
+  return r;
+}
+
+static void schedule_retry(agent_slot *slot) {
+  uint64_t d = kr__backoff_next(&slot->backoff, random_u64());
+  struct timeval tv = {(time_t)(d / 1000000u), (suseconds_t)(d % 1000000u)};
+  event_add(slot->retry_ev, &tv);
+  kr__log(KR_LOG_INFO, "reconnect_scheduled", "agent=%s slot=%u delay_ms=%llu",
+          slot->a->opt.name, slot->index, (unsigned long long)(d / 1000));
+}
+
+static void on_ready(kr__conn *c, const kr_md *md, size_t n, void *ud) {
+  agent_link *l = ud;
+  l->ready = 1;
+  l->a->ready++;
+  if (l->slot)
+    kr__backoff_connected(&l->slot->backoff, kr__now_us());
+  kr__log(KR_LOG_INFO, "connected", "agent=%s peer=%s", l->a->opt.name,
+          kr__conn_peer(c));
+}
+
+static void on_goaway(kr__conn *c, uint32_t code, const uint8_t *r, size_t rl,
+                      void *ud) {
+  agent_link *l = ud;
+  char q[300];
+  kr__log(KR_LOG_INFO, "goaway_received", "agent=%s code=%s reason=%s",
+          l->a->opt.name, kr_code_name(code),
+          kr__log_quote(q, sizeof(q), (const char *)r, rl));
+  /* Replace it now; the old link finishes its streams on its own. */
+  agent_slot *slot = l->slot;
+  if (slot && !l->a->draining) {
+    slot->link = NULL;
+    l->slot = NULL;
+    kr__backoff_reset(&slot->backoff);
+    dial(slot);
+  }
+}
+
+static void on_closed(kr__conn *c, int err, const char *why, void *ud) {
+  agent_link *l = ud;
+  kr_agent *a = l->a;
+  char q[200];
+  kr__log(err ? KR_LOG_WARN : KR_LOG_INFO, "disconnected",
+          "agent=%s peer=%s error=%s reason=%s", a->opt.name, kr__conn_peer(c),
+          kr_err_name(err), kr__log_quote(q, sizeof(q), why, strlen(why)));
+  if (l->ready)
+    a->ready--;
+  agent_slot *slot = l->slot;
+  link_unlink(a, l);
+  kr__conn_free(c);
+  free(l);
+  if (slot) {
+    slot->link = NULL;
+    kr__backoff_disconnected(&slot->backoff, kr__now_us());
+    if (!a->draining)
+      schedule_retry(slot);
+  }
+  maybe_drained(a);
+}
+
+static const kr__conn_cbs agent_conn_cbs = {on_ready, on_stream, on_goaway,
+                                            on_closed};
+
+static void dial(agent_slot *slot) {
+  kr_agent *a = slot->a;
+  agent_link *l = calloc(1, sizeof(*l));
+  if (!l) {
+    schedule_retry(slot);
+    return;
+  }
+  l->a = a;
+  l->slot = slot;
+  const kr__url *u = &a->opt.kas;
+  kr__transport *t = NULL;
+  int rc;
+  if (u->scheme == KR__SCHEME_TLS)
+    rc = kr__tls_connect(a->base, u->host, u->port, u->host, a->tls, 10000,
+                         &kr__transport_nop_cbs, NULL, &t);
+  else
+    rc = kr__tcp_connect(a->base, u->host, u->port, &kr__transport_nop_cbs,
+                         NULL, &t);
+  if (rc == 0)
+    rc = kr__conn_new(a->base, t, 0, a->mux_opt, &agent_conn_cbs, l, &l->conn);
+  if (rc < 0) {
+    kr__log(KR_LOG_WARN, "dial_failed", "agent=%s kas=%s:%d error=%s",
+            a->opt.name, u->host, u->port, kr_err_name(rc));
+    free(l);
+    schedule_retry(slot);
+    return;
+  }
+  slot->link = l;
+  l->next = a->links;
+  if (a->links)
+    a->links->prev = l;
+  a->links = l;
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg) {
+  agent_slot *slot = arg;
+  if (!slot->a->draining && !slot->link)
+    dial(slot);
+}
+
+int kr_agent_new(kr_agent **out, struct event_base *base,
+                 const kr_agent_options *o, char *err, size_t errlen) {
+  char dummy[8];
+  if (!err) {
+    err = dummy;
+    errlen = sizeof(dummy);
+  }
+  err[0] = 0;
+  if (!o->has_kas || !o->token_len) {
+    snprintf(err, errlen, "%s", !o->has_kas ? "the kas URL is required"
+                                             : "the agent token is required");
+    return KR_ECONFIG;
+  }
+  kr_agent *a = calloc(1, sizeof(*a));
+  if (!a)
+    return KR_ENOMEM;
+  a->base = base;
+  a->opt = *o;
+  int rc = 0;
+  if (o->kas.scheme == KR__SCHEME_TLS)
+    rc = kr__tls_config_client(o->ca_file[0] ? o->ca_file : NULL, o->verify,
+                               &a->tls, err, errlen);
+  kr_md md[2] = {
+      {(const uint8_t *)KR_MD_TOKEN, strlen(KR_MD_TOKEN),
+       (const uint8_t *)o->token, o->token_len},
+      {(const uint8_t *)KR_MD_NAME, strlen(KR_MD_NAME),
+       (const uint8_t *)o->name, strlen(o->name)}};
+  if (rc == 0 && kr_mux_options_new(&a->mux_opt) < 0)
+    rc = KR_ENOMEM;
+  if (rc == 0) {
+    kr_mux_options_set_role(a->mux_opt, KR_ROLE_DIALER);
+    kr_mux_options_set_keepalive(a->mux_opt, o->ka_interval, o->ka_timeout);
+    if (kr_mux_options_add_hello(a->mux_opt, &md[0]) < 0 ||
+        kr_mux_options_add_hello(a->mux_opt, &md[1]) < 0)
+      rc = KR_ENOMEM;
+  }
+  for (unsigned i = 0; rc == 0 && i < o->connections; i++) {
+    agent_slot *slot = &a->slots[i];
+    slot->a = a;
+    slot->index = i;
+    kr__backoff_init(&slot->backoff, o->backoff_base, o->backoff_cap,
+                     KR__AGENT_STABLE_US);
+    if (!(slot->retry_ev = event_new(base, -1, 0, retry_cb, slot)))
+      rc = KR_ENOMEM;
+  }
+  if (rc < 0) {
+    kr_agent_free(a);
+    return rc;
+  }
+  for (unsigned i = 0; i < o->connections; i++)
+    dial(&a->slots[i]);
+  *out = a;
+  return 0;
+}
+
+void kr_agent_free(kr_agent *a) {
+  if (!a)
+    return;
+  /* Streams end first so that their splices release their sockets. */
+  for (agent_link *l = a->links; l; l = l->next)
+    kr_mux_abort(kr__conn_mux(l->conn), KR_CODE_SHUTDOWN, "agent freed");
+  while (a->links) {
+    agent_link *l = a->links;
+    link_unlink(a, l);
+    kr__conn_free(l->conn);
+    free(l);
+  }
+  for (unsigned i = 0; i < KR__AGENT_MAX_CONNS; i++)
+    if (a->slots[i].retry_ev)
+      event_free(a->slots[i].retry_ev);
+  if (a->drain_ev)
+    event_free(a->drain_ev);
+  kr_mux_options_free(a->mux_opt);
+  kr__tls_config_free(a->tls);
+  memset(a->opt.token, 0, sizeof(a->opt.token));
+  free(a);
+}
+
+unsigned kr_agent_connected(const kr_agent *a) { return a->ready; }
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg) {
+  kr_agent *a = arg;
+  if (a->links) {
+    for (agent_link *l = a->links; l; l = l->next)
+      kr__conn_abort(l->conn, KR_CODE_SHUTDOWN, "agent shut down");
+    return;
+  }
+  kr_agent_drained_cb done = a->drained;
+  a->drained = NULL;
+  if (done)
+    done(a, a->drained_ud);
+}
+
+static void maybe_drained(kr_agent *a) {
+  if (a->draining && !a->links)
+    event_active(a->drain_ev, EV_TIMEOUT, 0);
+}
+
+void kr_agent_drain(kr_agent *a, kr_time_us grace, kr_agent_drained_cb done,
+                    void *ud) {
+  if (a->draining)
+    return;
+  a->draining = 1;
+  a->drained = done;
+  a->drained_ud = ud;
+  for (unsigned i = 0; i < a->opt.connections; i++)
+    event_del(a->slots[i].retry_ev);
+  a->drain_ev = event_new(a->base, -1, 0, drain_cb, a);
+  struct timeval tv = {(time_t)(grace / 1000000u),
+                       (suseconds_t)(grace % 1000000u)};
+  event_add(a->drain_ev, &tv);
+  for (agent_link *l = a->links; l; l = l->next)
+    kr__conn_goaway(l->conn, KR_CODE_SHUTDOWN, "agent is shutting down");
+  maybe_drained(a);
+}

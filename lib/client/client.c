@@ -1,0 +1,308 @@
+/* The client role (kasroute/client.h). */
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <kasroute/client.h>
+#include <kasroute/error.h>
+
+#include "core/mux_internal.h"
+#include "core/mux_types.h"
+#include "io/conn.h"
+#include "io/transport_tcp.h"
+#include "io/transport_tls.h"
+#include "io/url.h"
+
+struct kr_client_options {
+  kr__url url;
+  int has_url;
+  char token[8193];
+  size_t token_len;
+  char ca_file[1024];
+  int verify;
+  kr_time_us ka_interval, ka_timeout;
+};
+
+struct kr_client {
+  struct event_base *base;
+  kr_client_options opt;
+  kr_mux_callbacks cbs; /* per-stream callbacks of the application */
+  kr_client_state_cb on_state;
+  void *ud;
+  kr__tls_config *tls;
+  kr__conn *conn;
+  int ready;
+  int ended;
+  uint32_t goaway_code; /* why kas sent GOAWAY, if it did */
+};
+
+int kr_client_options_new(kr_client_options **out) {
+  kr_client_options *o = calloc(1, sizeof(*o));
+  if (!o)
+    return KR_ENOMEM;
+  o->verify = 1;
+  o->ka_interval = 15 * 1000000ull;
+  o->ka_timeout = 45 * 1000000ull;
+  *out = o;
+  return 0;
+}
+
+void kr_client_options_free(kr_client_options *o) {
+  if (o) {
+    memset(o->token, 0, sizeof(o->token));
+    free(o);
+  }
+}
+
+int kr_client_options_set_url(kr_client_options *o, const char *url) {
+  char err[256];
+  kr__url u;
+  if (kr__url_parse(url, &u, err, sizeof(err)) < 0 ||
+      (u.scheme != KR__SCHEME_TCP && u.scheme != KR__SCHEME_TLS))
+    return KR_EADDR;
+  o->url = u;
+  o->has_url = 1;
+  return 0;
+}
+
+int kr_client_options_set_token(kr_client_options *o, const char *jwt,
+                                size_t len) {
+  if (!jwt || len == 0 || len > 8192)
+    return KR_EINVAL;
+  memcpy(o->token, jwt, len);
+  o->token[len] = 0;
+  o->token_len = len;
+  return 0;
+}
+
+int kr_client_options_set_tls_ca_file(kr_client_options *o, const char *path) {
+  if (!path || strlen(path) >= sizeof(o->ca_file))
+    return KR_EINVAL;
+  snprintf(o->ca_file, sizeof(o->ca_file), "%s", path);
+  return 0;
+}
+
+int kr_client_options_set_tls_verify(kr_client_options *o, int verify) {
+  o->verify = verify ? 1 : 0;
+  return 0;
+}
+
+int kr_client_options_set_keepalive(kr_client_options *o, kr_time_us interval,
+                                    kr_time_us timeout) {
+  if (timeout != 0 && timeout <= interval)
+    return KR_EINVAL;
+  o->ka_interval = interval;
+  o->ka_timeout = timeout;
+  return 0;
+}
+
+int kr_error_from_code(uint32_t code) {
+  switch (code) {
+  case KR_CODE_NO_ERROR:
+    return 0;
+  case KR_CODE_UNAVAILABLE:
+    return KR_ENOTCONN;
+  case KR_CODE_NOT_FOUND:
+    return KR_ENOSERVICE;
+  case KR_CODE_UNAUTHORIZED:
+    return KR_EAUTH;
+  case KR_CODE_UPSTREAM:
+    return KR_EUPSTREAM;
+  case KR_CODE_TIMEOUT:
+    return KR_ETIMEDOUT;
+  case KR_CODE_PROTOCOL:
+  case KR_CODE_FRAME_SIZE:
+  case KR_CODE_FLOW_CONTROL:
+    return KR_EPROTO;
+  default:
+    return KR_ERESET;
+  }
+}
+
+/* ---------------------------------------------- per-stream trampolines */
+
+static kr_client *client_of(kr_stream *s) {
+  return kr__conn_user_data(kr__conn_of(s));
+}
+
+static void t_reply(kr_stream *s, const kr_md *md, size_t n, int fin, void *ud) {
+  kr_client *c = client_of(s);
+  if (c->cbs.on_reply)
+    c->cbs.on_reply(s, md, n, fin, ud);
+}
+static void t_data(kr_stream *s, const uint8_t *p, size_t n, void *ud) {
+  kr_client *c = client_of(s);
+  if (c->cbs.on_data)
+    c->cbs.on_data(s, p, n, ud);
+  else
+    kr_stream_consume(s, n);
+}
+static void t_fin(kr_stream *s, void *ud) {
+  kr_client *c = client_of(s);
+  if (c->cbs.on_fin)
+    c->cbs.on_fin(s, ud);
+}
+static void t_writable(kr_stream *s, void *ud) {
+  kr_client *c = client_of(s);
+  if (c->cbs.on_writable)
+    c->cbs.on_writable(s, ud);
+}
+static void t_close(kr_stream *s, uint32_t code, const uint8_t *r, size_t rl,
+                    void *ud) {
+  kr_client *c = client_of(s);
+  /* Streams refused because kas rejected the credentials say so. */
+  if (code == KR_CODE_REFUSED && c->goaway_code == KR_CODE_UNAUTHORIZED)
+    code = KR_CODE_UNAUTHORIZED;
+  if (c->cbs.on_close)
+    c->cbs.on_close(s, code, r, rl, ud);
+}
+
+static const kr__stream_handler trampoline = {t_reply, t_data, t_fin,
+                                              t_writable, t_close};
+
+/* ------------------------------------------------------------ connection */
+
+static void end(kr_client *c, int err, const char *why) {
+  if (c->ended)
+    return;
+  c->ended = 1;
+  if (c->on_state)
+    c->on_state(c, err, why, c->ud);
+}
+
+static void cc_ready(kr__conn *conn, const kr_md *md, size_t n, void *ud) {
+  kr_client *c = ud;
+  c->ready = 1;
+  if (c->on_state)
+    c->on_state(c, 0, "ready", c->ud);
+}
+
+static void cc_goaway(kr__conn *conn, uint32_t code, const uint8_t *r,
+                      size_t rl, void *ud) {
+  kr_client *c = ud;
+  c->goaway_code = code;
+}
+
+static void cc_closed(kr__conn *conn, int err, const char *why, void *ud) {
+  kr_client *c = ud;
+  int e = err;
+  if (c->goaway_code == KR_CODE_UNAUTHORIZED)
+    e = KR_EAUTH;
+  else if (!e)
+    e = KR_ECLOSED;
+  end(c, e, why);
+}
+
+static const kr__conn_cbs client_conn_cbs = {cc_ready, NULL, cc_goaway,
+                                             cc_closed};
+
+int kr_client_new(kr_client **out, struct event_base *base,
+                  const kr_client_options *o,
+                  const kr_mux_callbacks *stream_cbs,
+                  kr_client_state_cb on_state, void *ud, char *err,
+                  size_t errlen) {
+  char dummy[8];
+  if (!err) {
+    err = dummy;
+    errlen = sizeof(dummy);
+  }
+  err[0] = 0;
+  if (!o || !o->has_url || !o->token_len) {
+    snprintf(err, errlen, "%s", !o || !o->has_url ? "the kas URL is required"
+                                                   : "a token is required");
+    return KR_ECONFIG;
+  }
+  kr_client *c = calloc(1, sizeof(*c));
+  if (!c)
+    return KR_ENOMEM;
+  c->base = base;
+  c->opt = *o;
+  if (stream_cbs)
+    c->cbs = *stream_cbs;
+  c->on_state = on_state;
+  c->ud = ud;
+  int rc = 0;
+  if (o->url.scheme == KR__SCHEME_TLS)
+    rc = kr__tls_config_client(o->ca_file[0] ? o->ca_file : NULL, o->verify,
+                               &c->tls, err, errlen);
+  kr_mux_options *mo = NULL;
+  if (rc == 0 && kr_mux_options_new(&mo) < 0)
+    rc = KR_ENOMEM;
+  if (rc == 0) {
+    kr_md tok = {(const uint8_t *)KR_MD_TOKEN, strlen(KR_MD_TOKEN),
+                 (const uint8_t *)o->token, o->token_len};
+    kr_mux_options_set_role(mo, KR_ROLE_DIALER);
+    kr_mux_options_set_keepalive(mo, o->ka_interval, o->ka_timeout);
+    rc = kr_mux_options_add_hello(mo, &tok);
+  }
+  kr__transport *t = NULL;
+  if (rc == 0) {
+    const kr__url *u = &o->url;
+    if (u->scheme == KR__SCHEME_TLS)
+      rc = kr__tls_connect(base, u->host, u->port, u->host, c->tls, 10000,
+                           &kr__transport_nop_cbs, NULL, &t);
+    else
+      rc = kr__tcp_connect(base, u->host, u->port, &kr__transport_nop_cbs,
+                           NULL, &t);
+    if (rc == 0)
+      rc = kr__conn_new(base, t, 0, mo, &client_conn_cbs, c, &c->conn);
+    if (rc < 0)
+      snprintf(err, errlen, "cannot connect to %s:%d: %s", u->host, u->port,
+               kr_strerror(rc));
+  }
+  kr_mux_options_free(mo);
+  if (rc < 0) {
+    kr_client_free(c);
+    return rc;
+  }
+  *out = c;
+  return 0;
+}
+
+void kr_client_free(kr_client *c) {
+  if (!c)
+    return;
+  kr__conn_free(c->conn);
+  kr__tls_config_free(c->tls);
+  memset(c->opt.token, 0, sizeof(c->opt.token));
+  free(c);
+}
+
+int kr_client_open(kr_client *c, int64_t agent_id, const char *service,
+                   const kr_md *extra, size_t n, int fin, void *sud,
+                   kr_stream **out) {
+  if (!c->ready || c->ended)
+    return c->ended ? KR_ECLOSED : KR_ESTATE;
+  if (agent_id <= 0 || !service || !*service || n > 1024)
+    return KR_EINVAL;
+  char agent[24];
+  snprintf(agent, sizeof(agent), "%lld", (long long)agent_id);
+  kr_md stack[16];
+  kr_md *md = n + 2 <= 16 ? stack : malloc((n + 2) * sizeof(kr_md));
+  if (!md)
+    return KR_ENOMEM;
+  md[0] = (kr_md){(const uint8_t *)KR_MD_AGENT, strlen(KR_MD_AGENT),
+                  (const uint8_t *)agent, strlen(agent)};
+  md[1] = (kr_md){(const uint8_t *)KR_MD_SERVICE, strlen(KR_MD_SERVICE),
+                  (const uint8_t *)service, strlen(service)};
+  for (size_t i = 0; i < n; i++)
+    md[i + 2] = extra[i];
+  kr_stream *s;
+  int rc = kr_stream_open(kr__conn_mux(c->conn), md, n + 2, fin, sud, &s);
+  if (md != stack)
+    free(md);
+  if (rc < 0)
+    return rc;
+  kr__stream_set_handler(s, &trampoline);
+  kr__conn_kick(c->conn);
+  *out = s;
+  return 0;
+}
+
+void kr_client_flush(kr_client *c) { kr__conn_kick(c->conn); }
+
+void kr_client_close(kr_client *c) {
+  if (!c->ended)
+    kr__conn_goaway(c->conn, KR_CODE_NO_ERROR, "client closing");
+}

@@ -1,0 +1,476 @@
+/* The agent token table (see token_file.h). */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <kasroute/error.h>
+
+#include "mem_internal.h"
+#include "token_file.h"
+
+typedef struct token_entry {
+  uint8_t hash[KR__SHA256_LEN];
+  int64_t agent_id;
+  uint32_t line;     /* 1-based; the text limit keeps it within 32 bits */
+  uint32_t name_off; /* into names; NUL-terminated there */
+} token_entry;
+
+struct kr__token_table {
+  kr_mem mem;
+  token_entry *entries; /* sorted by hash */
+  size_t count;
+  size_t cap;
+  char *names;
+  size_t names_len;
+  size_t names_cap;
+  /* Index: entries of bucket b are entries[start[b] .. start[b + 1]). A
+   * bucket is the top `bits` bits of the hash; since entries are sorted by
+   * hash, each bucket is a contiguous run. */
+  uint32_t *start;
+  unsigned bits;
+};
+
+static const kr__token_limits default_limits = {
+    KR__TOKEN_FILE_MAX_BYTES, KR__TOKEN_FILE_MAX_ENTRIES,
+    KR__TOKEN_FILE_MAX_LINE};
+
+/* err is optional; line 0 means "no line" (whole-file errors). */
+#if defined(__GNUC__)
+__attribute__((format(printf, 5, 6)))
+#endif
+static void set_err(char *err, size_t errlen, const char *name, size_t line,
+                    const char *fmt, ...) {
+  if (err == NULL || errlen == 0)
+    return;
+  int n = line ? snprintf(err, errlen, "%s:%zu: ", name, line)
+               : snprintf(err, errlen, "%s: ", name);
+  if (n < 0 || (size_t)n >= errlen)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+  va_end(ap);
+}
+
+static int is_blank(char c) { return c == ' ' || c == '\t'; }
+
+/* Strict positive decimal int64: digits only, no leading zero. Returns 0,
+ * 1 (not such a number) or 2 (too large). */
+static int parse_agent_id(const char *s, size_t n, int64_t *out) {
+  if (n == 0 || s[0] == '0')
+    return 1;
+  int64_t v = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] < '0' || s[i] > '9')
+      return 1;
+  }
+  for (size_t i = 0; i < n; i++) {
+    int d = s[i] - '0';
+    if (v > (INT64_MAX - d) / 10)
+      return 2;
+    v = v * 10 + d;
+  }
+  *out = v;
+  return 0;
+}
+
+/* Appends an entry, growing the arrays geometrically. Returns 0 or
+ * KR_ENOMEM (the table is unchanged then). */
+static int add_entry(kr__token_table *t, const uint8_t *hash, int64_t id,
+                     size_t line, const char *name, size_t name_len) {
+  if (t->count == t->cap) {
+    size_t cap = t->cap ? t->cap * 2 : 64;
+    token_entry *e = kr__realloc(&t->mem, t->entries, cap * sizeof *e);
+    if (e == NULL)
+      return KR_ENOMEM;
+    t->entries = e;
+    t->cap = cap;
+  }
+  if (t->names_cap - t->names_len < name_len + 1) {
+    size_t cap = t->names_cap ? t->names_cap : 1024;
+    while (cap - t->names_len < name_len + 1)
+      cap *= 2;
+    char *p = kr__realloc(&t->mem, t->names, cap);
+    if (p == NULL)
+      return KR_ENOMEM;
+    t->names = p;
+    t->names_cap = cap;
+  }
+  token_entry *e = &t->entries[t->count++];
+  memcpy(e->hash, hash, KR__SHA256_LEN);
+  e->agent_id = id;
+  e->line = (uint32_t)line;
+  e->name_off = (uint32_t)t->names_len;
+  memcpy(t->names + t->names_len, name, name_len);
+  t->names[t->names_len + name_len] = '\0';
+  t->names_len += name_len + 1;
+  return 0;
+}
+
+/* Parses one line (without '\n'). Returns 0 (entry added or nothing to
+ * add), or an error with err set. */
+static int parse_line(kr__token_table *t, const char *line, size_t len,
+                      const char *fname, size_t lineno,
+                      const kr__token_limits *lim, char *err,
+                      size_t errlen) {
+  if (len > lim->max_line) {
+    set_err(err, errlen, fname, lineno, "line is longer than %zu bytes",
+            lim->max_line);
+    return KR_ETOOBIG;
+  }
+  if (memchr(line, '\0', len) != NULL) {
+    set_err(err, errlen, fname, lineno, "line contains a NUL byte");
+    return KR_ECONFIG;
+  }
+  const char *hash_mark = memchr(line, '#', len);
+  if (hash_mark != NULL)
+    len = (size_t)(hash_mark - line);
+  while (len > 0 && (is_blank(line[len - 1]) || line[len - 1] == '\r'))
+    len--;
+  size_t p = 0;
+  while (p < len && is_blank(line[p]))
+    p++;
+  if (p == len)
+    return 0;
+
+  size_t f = p;
+  while (p < len && !is_blank(line[p]))
+    p++;
+  int64_t id = 0;
+  switch (parse_agent_id(line + f, p - f, &id)) {
+  case 0:
+    break;
+  case 2:
+    set_err(err, errlen, fname, lineno, "agent id is larger than %lld",
+            (long long)INT64_MAX);
+    return KR_ECONFIG;
+  default:
+    set_err(err, errlen, fname, lineno,
+            "agent id is not a positive decimal integer");
+    return KR_ECONFIG;
+  }
+
+  while (p < len && is_blank(line[p]))
+    p++;
+  if (p == len) {
+    set_err(err, errlen, fname, lineno, "missing hash");
+    return KR_ECONFIG;
+  }
+  f = p;
+  while (p < len && !is_blank(line[p]))
+    p++;
+  uint8_t hash[KR__SHA256_LEN];
+  if (kr__hex_decode(line + f, p - f, hash, sizeof hash) != 0) {
+    set_err(err, errlen, fname, lineno, "hash is not 64 hex characters");
+    return KR_ECONFIG;
+  }
+
+  while (p < len && is_blank(line[p]))
+    p++;
+  if (p == len) {
+    set_err(err, errlen, fname, lineno, "missing name");
+    return KR_ECONFIG;
+  }
+  size_t name_len = len - p;
+  if (name_len > KR__TOKEN_NAME_MAX) {
+    set_err(err, errlen, fname, lineno, "name is longer than %d bytes",
+            KR__TOKEN_NAME_MAX);
+    return KR_ECONFIG;
+  }
+  for (size_t i = p; i < len; i++) {
+    unsigned char c = (unsigned char)line[i];
+    if ((c < 0x20 && c != '\t') || c == 0x7f) {
+      set_err(err, errlen, fname, lineno,
+              "name contains a control character");
+      return KR_ECONFIG;
+    }
+  }
+
+  if (t->count >= lim->max_entries) {
+    set_err(err, errlen, fname, lineno, "more than %zu entries",
+            lim->max_entries);
+    return KR_ETOOBIG;
+  }
+  if (add_entry(t, hash, id, lineno, line + p, name_len) != 0) {
+    set_err(err, errlen, fname, lineno, "out of memory");
+    return KR_ENOMEM;
+  }
+  return 0;
+}
+
+/* Sort order: hash, then line (so equal hashes sit in file order). */
+static int entry_cmp(const void *a, const void *b) {
+  const token_entry *x = a, *y = b;
+  int c = memcmp(x->hash, y->hash, KR__SHA256_LEN);
+  if (c != 0)
+    return c;
+  return (x->line > y->line) - (x->line < y->line);
+}
+
+static uint32_t bucket_of(const kr__token_table *t, const uint8_t *h) {
+  if (t->bits == 0)
+    return 0;
+  uint32_t top = ((uint32_t)h[0] << 24) | ((uint32_t)h[1] << 16) |
+                 ((uint32_t)h[2] << 8) | (uint32_t)h[3];
+  return top >> (32 - t->bits);
+}
+
+/* Sorts the entries, rejects duplicate hashes (reporting the earliest
+ * second occurrence) and builds the bucket index. */
+static int build_index(kr__token_table *t, const char *fname, char *err,
+                       size_t errlen) {
+  if (t->count > 1)
+    qsort(t->entries, t->count, sizeof *t->entries, entry_cmp);
+  size_t dup_line = 0, dup_first = 0;
+  for (size_t i = 1; i < t->count; i++) {
+    const token_entry *a = &t->entries[i - 1], *b = &t->entries[i];
+    if (memcmp(a->hash, b->hash, KR__SHA256_LEN) == 0 &&
+        (dup_line == 0 || b->line < dup_line)) {
+      dup_line = b->line;
+      dup_first = a->line;
+    }
+  }
+  if (dup_line != 0) {
+    set_err(err, errlen, fname, dup_line,
+            "hash duplicates the one on line %zu", dup_first);
+    return KR_ECONFIG;
+  }
+
+  /* About one entry per bucket: 2^bits >= count, at most 2^24 buckets. */
+  unsigned bits = 0;
+  while (bits < 24 && ((size_t)1 << bits) < t->count)
+    bits++;
+  t->bits = bits;
+  size_t nb = (size_t)1 << bits;
+  t->start = kr__calloc(&t->mem, nb + 1, sizeof *t->start);
+  if (t->start == NULL) {
+    set_err(err, errlen, fname, 0, "out of memory");
+    return KR_ENOMEM;
+  }
+  for (size_t i = 0; i < t->count; i++)
+    t->start[bucket_of(t, t->entries[i].hash) + 1]++;
+  for (size_t b = 0; b < nb; b++)
+    t->start[b + 1] += t->start[b];
+  return 0;
+}
+
+int kr__token_table_parse_limits(const kr_mem *mem, const char *text,
+                                 size_t len, const char *name_for_errors,
+                                 const kr__token_limits *limits,
+                                 kr__token_table **out, char *err,
+                                 size_t errlen) {
+  const char *fname = name_for_errors ? name_for_errors : "tokens";
+  if (err != NULL && errlen > 0)
+    err[0] = '\0';
+  if (out != NULL)
+    *out = NULL;
+  if (out == NULL || (text == NULL && len > 0)) {
+    set_err(err, errlen, fname, 0, "invalid argument");
+    return KR_EINVAL;
+  }
+  const kr__token_limits *lim = limits ? limits : &default_limits;
+  if (mem == NULL)
+    mem = kr_mem_default();
+  if (len > lim->max_bytes) {
+    set_err(err, errlen, fname, 0, "larger than %zu bytes", lim->max_bytes);
+    return KR_ETOOBIG;
+  }
+
+  kr__token_table *t = kr__calloc(mem, 1, sizeof *t);
+  if (t == NULL) {
+    set_err(err, errlen, fname, 0, "out of memory");
+    return KR_ENOMEM;
+  }
+  t->mem = *mem;
+
+  int rc = 0;
+  size_t lineno = 0;
+  for (size_t pos = 0; pos < len && rc == 0;) {
+    lineno++;
+    const char *line = text + pos;
+    const char *nl = memchr(line, '\n', len - pos);
+    size_t n = nl ? (size_t)(nl - line) : len - pos;
+    rc = parse_line(t, line, n, fname, lineno, lim, err, errlen);
+    pos += n + (nl != NULL);
+  }
+  if (rc == 0)
+    rc = build_index(t, fname, err, errlen);
+  if (rc != 0) {
+    kr__token_table_free(t);
+    return rc;
+  }
+  *out = t;
+  return 0;
+}
+
+int kr__token_table_parse(const kr_mem *mem, const char *text, size_t len,
+                          const char *name_for_errors, kr__token_table **out,
+                          char *err, size_t errlen) {
+  return kr__token_table_parse_limits(mem, text, len, name_for_errors, NULL,
+                                      out, err, errlen);
+}
+
+/* strerror is not thread-safe; glibc's strerror_r (the GNU variant under
+ * _GNU_SOURCE) returns the text instead of filling buf. */
+static const char *errno_text(int e, char *buf, size_t n) {
+#if defined(__GLIBC__) && defined(_GNU_SOURCE)
+  return strerror_r(e, buf, n);
+#else
+  return strerror_r(e, buf, n) == 0 ? buf : "unknown error";
+#endif
+}
+
+/* Reads the whole file into memory from mem (at most the byte limit + 1, to
+ * tell "exactly at the limit" from "over"), then parses it. The file buffer
+ * is always released before returning. */
+int kr__token_file_load(const kr_mem *mem, const char *path,
+                        kr__token_table **out, char *err, size_t errlen) {
+  if (err != NULL && errlen > 0)
+    err[0] = '\0';
+  if (out != NULL)
+    *out = NULL;
+  if (out == NULL || path == NULL) {
+    set_err(err, errlen, path ? path : "(null)", 0, "invalid argument");
+    return KR_EINVAL;
+  }
+  if (mem == NULL)
+    mem = kr_mem_default();
+  const size_t limit = KR__TOKEN_FILE_MAX_BYTES;
+  char ebuf[128];
+
+  FILE *f = fopen(path, "rbe"); /* e: O_CLOEXEC */
+  if (f == NULL) {
+    int e = errno;
+    set_err(err, errlen, path, 0, "cannot open: %s",
+            errno_text(e, ebuf, sizeof ebuf));
+    return e == ENOENT ? KR_ENOENT : KR_EIO;
+  }
+  size_t cap = 64 * 1024;
+  struct stat st;
+  if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode)) {
+    if ((uintmax_t)st.st_size > limit) {
+      fclose(f);
+      set_err(err, errlen, path, 0, "larger than %zu bytes", limit);
+      return KR_ETOOBIG;
+    }
+    cap = (size_t)st.st_size + 1; /* + 1: room to see EOF in one read */
+  }
+
+  char *buf = kr__malloc(mem, cap);
+  size_t len = 0;
+  int rc = buf ? 0 : KR_ENOMEM;
+  int read_errno = 0;
+  while (rc == 0) {
+    if (len == cap) {
+      if (cap > limit) {
+        rc = KR_ETOOBIG;
+        break;
+      }
+      size_t ncap = cap * 2 > limit + 1 ? limit + 1 : cap * 2;
+      char *nb = kr__realloc(mem, buf, ncap);
+      if (nb == NULL) {
+        rc = KR_ENOMEM;
+        break;
+      }
+      buf = nb;
+      cap = ncap;
+    }
+    size_t got = fread(buf + len, 1, cap - len, f);
+    len += got;
+    if (got == 0) {
+      if (ferror(f)) {
+        read_errno = errno;
+        rc = KR_EIO;
+      }
+      break;
+    }
+  }
+  fclose(f);
+  if (rc == 0 && len > limit)
+    rc = KR_ETOOBIG;
+  if (rc == 0) {
+    rc = kr__token_table_parse(mem, buf, len, path, out, err, errlen);
+  } else if (rc == KR_ETOOBIG) {
+    set_err(err, errlen, path, 0, "larger than %zu bytes", limit);
+  } else if (rc == KR_EIO) {
+    set_err(err, errlen, path, 0, "cannot read: %s",
+            errno_text(read_errno, ebuf, sizeof ebuf));
+  } else {
+    set_err(err, errlen, path, 0, "out of memory");
+  }
+  kr__free(mem, buf);
+  return rc;
+}
+
+int kr__token_table_lookup_hash(const kr__token_table *t,
+                                const uint8_t hash[KR__SHA256_LEN],
+                                int64_t *agent_id, const char **name) {
+  if (t == NULL || hash == NULL)
+    return KR_EINVAL;
+  if (t->count == 0)
+    return KR_EAUTH;
+  uint32_t b = bucket_of(t, hash);
+  size_t found = 0, idx = 0;
+  /* Every candidate is compared in full; the match is selected with a mask
+   * rather than a branch or an early exit. */
+  for (size_t i = t->start[b]; i < t->start[b + 1]; i++) {
+    size_t eq = (size_t)kr__ct_equal(hash, t->entries[i].hash,
+                                     KR__SHA256_LEN);
+    size_t m = (size_t)0 - eq;
+    idx = (idx & ~m) | (i & m);
+    found |= eq;
+  }
+  if (!found)
+    return KR_EAUTH;
+  if (agent_id)
+    *agent_id = t->entries[idx].agent_id;
+  if (name)
+    *name = t->names + t->entries[idx].name_off;
+  return 0;
+}
+
+int kr__token_table_lookup(const kr__token_table *t, const char *token,
+                           size_t len, int64_t *agent_id, const char **name) {
+  if (t == NULL || (token == NULL && len > 0))
+    return KR_EINVAL;
+  if (len == 0)
+    return KR_EAUTH;
+  uint8_t hash[KR__SHA256_LEN];
+  if (kr__sha256(token, len, hash) != 0)
+    return KR_EAUTH;
+  return kr__token_table_lookup_hash(t, hash, agent_id, name);
+}
+
+size_t kr__token_table_count(const kr__token_table *t) {
+  return t ? t->count : 0;
+}
+
+int kr__token_table_get(const kr__token_table *t, size_t i, int64_t *agent_id,
+                        uint8_t hash[KR__SHA256_LEN], const char **name,
+                        size_t *line) {
+  if (t == NULL || i >= t->count)
+    return KR_EINVAL;
+  const token_entry *e = &t->entries[i];
+  if (agent_id)
+    *agent_id = e->agent_id;
+  if (hash)
+    memcpy(hash, e->hash, KR__SHA256_LEN);
+  if (name)
+    *name = t->names + e->name_off;
+  if (line)
+    *line = e->line;
+  return 0;
+}
+
+void kr__token_table_free(kr__token_table *t) {
+  if (t == NULL)
+    return;
+  kr_mem mem = t->mem;
+  kr__free(&mem, t->entries);
+  kr__free(&mem, t->names);
+  kr__free(&mem, t->start);
+  kr__free(&mem, t);
+}

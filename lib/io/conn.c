@@ -1,0 +1,296 @@
+/* Tunnel connection: a kr_mux over a transport (see conn.h). */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <kasroute/error.h>
+
+#include "conn.h"
+#include "core/mux_internal.h"
+
+struct kr__conn {
+  struct event_base *base;
+  kr__transport *t;
+  kr_mux *mux;
+  kr__conn_cbs cb;
+  void *ud;
+  struct event *pump_ev;  /* deferred pump */
+  struct event *timer_ev; /* mux deadlines */
+  kr_time_us timer_at;
+  int transport_open;
+  int closing;  /* transport close requested */
+  int closed;   /* on_closed delivered */
+  int depth;    /* inside our own callbacks */
+  int free_pending;
+};
+
+kr_time_us kr__now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (kr_time_us)ts.tv_sec * 1000000u + (kr_time_us)ts.tv_nsec / 1000u;
+}
+
+static void conn_destroy(kr__conn *c) {
+  if (c->pump_ev)
+    event_free(c->pump_ev);
+  if (c->timer_ev)
+    event_free(c->timer_ev);
+  if (c->t)
+    c->t->ops->free(c->t);
+  kr_mux_free(c->mux);
+  free(c);
+}
+
+void kr__conn_free(kr__conn *c) {
+  if (!c)
+    return;
+  if (c->depth > 0) {
+    c->free_pending = 1;
+    return;
+  }
+  conn_destroy(c);
+}
+
+/* Leaves a callback section; 1 if c was freed. */
+static int conn_leave(kr__conn *c) {
+  if (--c->depth == 0 && c->free_pending) {
+    conn_destroy(c);
+    return 1;
+  }
+  return 0;
+}
+
+kr_mux *kr__conn_mux(const kr__conn *c) { return c->mux; }
+void *kr__conn_user_data(const kr__conn *c) { return c->ud; }
+const char *kr__conn_peer(const kr__conn *c) { return c->t ? c->t->peer : "?"; }
+kr__conn *kr__conn_of(const kr_stream *s) {
+  return kr_mux_user_data(kr_stream_mux(s));
+}
+
+void kr__conn_kick(kr__conn *c) {
+  if (!event_pending(c->pump_ev, EV_TIMEOUT, NULL))
+    event_active(c->pump_ev, EV_TIMEOUT, 0);
+}
+
+static void schedule_timer(kr__conn *c) {
+  kr_time_us at = kr_mux_next_deadline(c->mux);
+  if (at == c->timer_at)
+    return;
+  c->timer_at = at;
+  if (at == UINT64_MAX) {
+    event_del(c->timer_ev);
+    return;
+  }
+  kr_time_us now = kr__now_us();
+  kr_time_us d = at > now ? at - now : 0;
+  struct timeval tv = {(time_t)(d / 1000000u), (suseconds_t)(d % 1000000u)};
+  event_add(c->timer_ev, &tv);
+}
+
+/* Moves mux output into the transport and updates reading, timers and the
+ * close decision. */
+static void pump(kr__conn *c) {
+  if (!c->t || c->closed)
+    return;
+  if (c->transport_open && !c->closing) {
+    const uint8_t *p;
+    size_t n;
+    while ((n = kr_mux_send(c->mux, &p)) > 0) {
+      size_t w = c->t->ops->write(c->t, p, n);
+      kr_mux_sent(c->mux, w);
+      if (w < n)
+        break;
+    }
+    c->t->ops->set_reading(c->t, kr_mux_want_read(c->mux));
+    if (kr_mux_is_done(c->mux)) {
+      c->closing = 1;
+      c->t->ops->close(c->t);
+    }
+  }
+  schedule_timer(c);
+}
+
+static void pump_cb(evutil_socket_t fd, short what, void *arg) { pump(arg); }
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg) {
+  kr__conn *c = arg;
+  c->timer_at = UINT64_MAX;
+  c->depth++;
+  kr_mux_tick(c->mux, kr__now_us());
+  if (conn_leave(c))
+    return;
+  pump(c);
+}
+
+/* ------------------------------------------------- transport callbacks */
+
+static void t_open(kr__transport *t, void *ud) {
+  kr__conn *c = ud;
+  c->transport_open = 1;
+  pump(c);
+}
+
+static void t_read(kr__transport *t, const uint8_t *p, size_t n, void *ud) {
+  kr__conn *c = ud;
+  if (c->closing)
+    return;
+  c->depth++;
+  kr_mux_recv(c->mux, p, n, kr__now_us());
+  if (conn_leave(c))
+    return;
+  kr__conn_kick(c);
+}
+
+static void t_drain(kr__transport *t, void *ud) { pump(ud); }
+
+static void t_close(kr__transport *t, int err, const char *why, void *ud) {
+  kr__conn *c = ud;
+  c->depth++;
+  /* Streams still open learn the connection is gone. */
+  kr_mux_abort(c->mux, err ? KR_CODE_INTERNAL : KR_CODE_NO_ERROR,
+               err ? why : "connection closed");
+  c->closed = 1;
+  c->t->ops->free(c->t);
+  c->t = NULL;
+  event_del(c->timer_ev);
+  event_del(c->pump_ev);
+  if (c->cb.on_closed)
+    c->cb.on_closed(c, err, why, c->ud);
+  conn_leave(c);
+}
+
+static const kr__transport_cbs transport_cbs = {t_open, t_read, t_drain,
+                                                t_close};
+
+/* --------------------------------------------------------- mux callbacks */
+
+#define HANDLER(s) ((const kr__stream_handler *)kr__stream_get_handler(s))
+
+static void m_hello(kr_mux *m, const kr_md *md, size_t n, void *ud) {
+  kr__conn *c = ud;
+  if (c->cb.on_ready)
+    c->cb.on_ready(c, md, n, c->ud);
+}
+
+static void m_open(kr_mux *m, kr_stream *s, const kr_md *md, size_t n, int fin,
+                   void *ud) {
+  kr__conn *c = ud;
+  if (c->cb.on_stream)
+    c->cb.on_stream(c, s, md, n, fin, c->ud);
+  else
+    kr_stream_reset(s, KR_CODE_REFUSED, "this end accepts no streams");
+}
+
+static void m_reply(kr_stream *s, const kr_md *md, size_t n, int fin, void *ud) {
+  const kr__stream_handler *h = HANDLER(s);
+  if (h && h->on_reply)
+    h->on_reply(s, md, n, fin, kr_stream_user_data(s));
+}
+
+static void m_data(kr_stream *s, const uint8_t *p, size_t n, void *ud) {
+  const kr__stream_handler *h = HANDLER(s);
+  if (h && h->on_data)
+    h->on_data(s, p, n, kr_stream_user_data(s));
+  else
+    kr_stream_consume(s, n);
+}
+
+static void m_fin(kr_stream *s, void *ud) {
+  const kr__stream_handler *h = HANDLER(s);
+  if (h && h->on_fin)
+    h->on_fin(s, kr_stream_user_data(s));
+}
+
+static void m_writable(kr_stream *s, void *ud) {
+  const kr__stream_handler *h = HANDLER(s);
+  if (h && h->on_writable)
+    h->on_writable(s, kr_stream_user_data(s));
+}
+
+static void m_close(kr_stream *s, uint32_t code, const uint8_t *r, size_t rl,
+                    void *ud) {
+  const kr__stream_handler *h = HANDLER(s);
+  if (h && h->on_close)
+    h->on_close(s, code, r, rl, kr_stream_user_data(s));
+}
+
+static void m_goaway(kr_mux *m, int remote, uint32_t code, const uint8_t *r,
+                     size_t rl, void *ud) {
+  kr__conn *c = ud;
+  if (remote && c->cb.on_goaway)
+    c->cb.on_goaway(c, code, r, rl, c->ud);
+}
+
+/* Any write on any stream of this conn schedules one pump. */
+static void output_hook(kr_mux *m, void *ud) { kr__conn_kick(ud); }
+
+static void nop_open(kr__transport *t, void *ud) {}
+static void nop_read(kr__transport *t, const uint8_t *p, size_t n, void *ud) {}
+static void nop_drain(kr__transport *t, void *ud) {}
+static void nop_close(kr__transport *t, int err, const char *why, void *ud) {}
+const kr__transport_cbs kr__transport_nop_cbs = {nop_open, nop_read, nop_drain,
+                                                 nop_close};
+
+int kr__conn_new(struct event_base *base, kr__transport *t, int transport_open,
+                 const kr_mux_options *opt, const kr__conn_cbs *cbs, void *ud,
+                 kr__conn **out) {
+  kr__conn *c = calloc(1, sizeof(*c));
+  kr_mux_callbacks *mc = NULL;
+  int rc = KR_ENOMEM;
+  if (!c)
+    goto fail;
+  c->base = base;
+  c->cb = *cbs;
+  c->ud = ud;
+  c->timer_at = UINT64_MAX;
+  c->pump_ev = event_new(base, -1, 0, pump_cb, c);
+  c->timer_ev = event_new(base, -1, 0, timer_cb, c);
+  if (!c->pump_ev || !c->timer_ev || kr_mux_callbacks_new(&mc) < 0)
+    goto fail;
+  kr_mux_callbacks_set_on_hello(mc, m_hello);
+  kr_mux_callbacks_set_on_open(mc, m_open);
+  kr_mux_callbacks_set_on_reply(mc, m_reply);
+  kr_mux_callbacks_set_on_data(mc, m_data);
+  kr_mux_callbacks_set_on_fin(mc, m_fin);
+  kr_mux_callbacks_set_on_writable(mc, m_writable);
+  kr_mux_callbacks_set_on_close(mc, m_close);
+  kr_mux_callbacks_set_on_goaway(mc, m_goaway);
+  rc = kr_mux_new(&c->mux, opt, mc, kr__now_us(), c);
+  kr_mux_callbacks_free(mc);
+  if (rc < 0)
+    goto fail;
+  kr__mux_set_output_hook(c->mux, output_hook, c);
+  c->t = t;
+  t->cb = transport_cbs;
+  t->ud = c;
+  *out = c;
+  if (transport_open) {
+    c->transport_open = 1;
+    kr__conn_kick(c);
+  }
+  return 0;
+fail:
+  t->ops->free(t);
+  if (c) {
+    c->t = NULL;
+    conn_destroy(c);
+  }
+  return rc;
+}
+
+void kr__conn_goaway(kr__conn *c, uint32_t code, const char *reason) {
+  if (c->closed)
+    return;
+  kr_mux_goaway(c->mux, code, reason);
+  kr__conn_kick(c);
+}
+
+void kr__conn_abort(kr__conn *c, uint32_t code, const char *reason) {
+  if (c->closed)
+    return;
+  c->depth++;
+  kr_mux_abort(c->mux, code, reason);
+  if (conn_leave(c))
+    return;
+  kr__conn_kick(c);
+}

@@ -1,0 +1,36 @@
+/* Listening sockets that turn accepted connections into transports.
+ * Internal. */
+#ifndef KR_IO_LISTENER_H
+#define KR_IO_LISTENER_H
+
+#include <event2/event.h>
+
+#include "transport.h"
+#include "transport_tls.h"
+#include "url.h"
+
+/* What a listener is for; opaque to this module, reported back. */
+#define KR__LISTEN_AGENT 1
+#define KR__LISTEN_API 2
+
+typedef struct kr__listener kr__listener;
+
+/* A connection was accepted and wrapped: open tells whether t is usable
+ * already (TCP) or will call on_open (TLS); addr is the peer IP without
+ * port. Ownership of t passes to the callee. */
+typedef void (*kr__accept_cb)(kr__listener *l, kr__transport *t, int open,
+                              const char *addr, void *ud);
+
+/* Binds u (tcp:// or tls://; tls needs cfg). handshake_ms bounds TLS
+ * handshakes. Returns 0, KR_EADDR (resolve or bind failed, reason in err)
+ * or KR_ENOMEM. */
+int kr__listener_new(struct event_base *base, const kr__url *u, int kind,
+                     kr__tls_config *cfg, int handshake_ms, kr__accept_cb cb,
+                     void *ud, kr__listener **out, char *err, size_t errlen);
+int kr__listener_port(const kr__listener *l);
+int kr__listener_kind(const kr__listener *l);
+/* Stops accepting (the socket stays bound until free). */
+void kr__listener_disable(kr__listener *l);
+void kr__listener_free(kr__listener *l);
+
+#endif

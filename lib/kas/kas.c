@@ -1,0 +1,524 @@
+/* The kas server role: listeners, authentication, registry, routing and
+ * the splice between client streams and tunnel streams (kasroute/kas.h).
+ */
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <kasroute/error.h>
+#include <kasroute/kas.h>
+
+#include "core/jwt.h"
+#include "core/mem_internal.h"
+#include "core/registry.h"
+#include "core/token_file.h"
+#include "io/conn.h"
+#include "io/listener.h"
+#include "io/log.h"
+#include "io/url.h"
+#include "kas/relay.h"
+#include "kas/kas_internal.h"
+
+/* ---------------------------------------------------------------- options */
+
+int kr_kas_options_new(kr_kas_options **out) {
+  kr_kas_options *o = calloc(1, sizeof(*o));
+  if (!o)
+    return KR_ENOMEM;
+  o->route_timeout = 20 * 1000000ull;
+  o->keepalive_interval = 15 * 1000000ull;
+  o->keepalive_timeout = 45 * 1000000ull;
+  o->handshake_timeout = 10 * 1000000ull;
+  snprintf(o->name, sizeof(o->name), "kas");
+  *out = o;
+  return 0;
+}
+
+void kr_kas_options_free(kr_kas_options *o) { free(o); }
+
+static int add_listen(kr_kas_options *o, const char *url, int kind) {
+  kr__url u;
+  char err[256];
+  if (kr__url_parse(url, &u, err, sizeof(err)) < 0)
+    return KR_EADDR;
+  if (u.scheme != KR__SCHEME_TCP && u.scheme != KR__SCHEME_TLS)
+    return KR_EADDR;
+  if (o->n_listen >= KR__KAS_MAX_LISTEN)
+    return KR_ETOOBIG;
+  o->listen[o->n_listen].url = u;
+  o->listen[o->n_listen].kind = kind;
+  o->n_listen++;
+  return 0;
+}
+
+int kr_kas_options_add_agent_listen(kr_kas_options *o, const char *url) {
+  return add_listen(o, url, KR__LISTEN_AGENT);
+}
+
+int kr_kas_options_add_api_listen(kr_kas_options *o, const char *url) {
+  return add_listen(o, url, KR__LISTEN_API);
+}
+
+static int copy_path(char *dst, size_t size, const char *src) {
+  if (!src || strlen(src) >= size)
+    return KR_EINVAL;
+  snprintf(dst, size, "%s", src);
+  return 0;
+}
+
+int kr_kas_options_set_tls(kr_kas_options *o, const char *cert, const char *key) {
+  if (copy_path(o->tls_cert, sizeof(o->tls_cert), cert) < 0 ||
+      copy_path(o->tls_key, sizeof(o->tls_key), key) < 0)
+    return KR_EINVAL;
+  return 0;
+}
+
+int kr_kas_options_set_agent_tokens_file(kr_kas_options *o, const char *path) {
+  return copy_path(o->tokens_file, sizeof(o->tokens_file), path);
+}
+
+int kr_kas_options_set_api_secret(kr_kas_options *o, const uint8_t *secret,
+                                  size_t len) {
+  if (!secret || len < KR__JWT_MIN_SECRET || len > sizeof(o->api_secret))
+    return KR_EINVAL;
+  memcpy(o->api_secret, secret, len);
+  o->api_secret_len = len;
+  return 0;
+}
+
+int kr_kas_options_set_route_timeout(kr_kas_options *o, kr_time_us t) {
+  if (t == 0)
+    return KR_EINVAL;
+  o->route_timeout = t;
+  return 0;
+}
+
+int kr_kas_options_set_keepalive(kr_kas_options *o, kr_time_us interval,
+                                 kr_time_us timeout) {
+  if (timeout != 0 && timeout <= interval)
+    return KR_EINVAL;
+  o->keepalive_interval = interval;
+  o->keepalive_timeout = timeout;
+  return 0;
+}
+
+int kr_kas_options_set_handshake_timeout(kr_kas_options *o, kr_time_us t) {
+  o->handshake_timeout = t;
+  return 0;
+}
+
+int kr_kas_options_set_name(kr_kas_options *o, const char *name) {
+  return copy_path(o->name, sizeof(o->name), name);
+}
+
+/* ------------------------------------------------------------ connections */
+
+static void kconn_unlink(kr_kas *k, kas_conn *kc) {
+  if (kc->prev)
+    kc->prev->next = kc->next;
+  else
+    k->conns = kc->next;
+  if (kc->next)
+    kc->next->prev = kc->prev;
+  kc->prev = kc->next = NULL;
+}
+
+static void maybe_drained(kr_kas *k);
+
+static void kc_closed(kr__conn *c, int err, const char *why, void *ud) {
+  kas_conn *kc = ud;
+  kr_kas *k = kc->k;
+  char q[200];
+  kr__log_quote(q, sizeof(q), why, strlen(why));
+  if (kc->kind == KR__LISTEN_AGENT && kc->authed) {
+    kr__registry_remove(k->reg, kc->tunnel);
+    kc->tunnel = NULL;
+    k->stats[KR_KAS_STAT_AGENT_CONNECTIONS]--;
+    kr__log(KR_LOG_INFO, "agent_disconnected",
+            "kas=%s agent=%lld replica=%s peer=%s reason=%s", k->name,
+            (long long)kc->agent_id, kc->replica, kc->peer, q);
+  } else if (kc->kind == KR__LISTEN_API && kc->authed) {
+    k->stats[KR_KAS_STAT_API_CONNECTIONS]--;
+    kr__log(KR_LOG_DEBUG, "api_disconnected", "kas=%s peer=%s reason=%s",
+            k->name, kc->peer, q);
+  } else {
+    kr__log(KR_LOG_DEBUG, "connection_closed", "kas=%s peer=%s reason=%s",
+            k->name, kc->peer, q);
+  }
+  kconn_unlink(k, kc);
+  kr__conn_free(c);
+  free(kc);
+  maybe_drained(k);
+}
+
+static const kr_md *md_find(const kr_md *md, size_t n, const char *name) {
+  size_t len = strlen(name);
+  for (size_t i = 0; i < n; i++)
+    if (md[i].name_len == len && memcmp(md[i].name, name, len) == 0)
+      return &md[i];
+  return NULL;
+}
+
+/* Refuses a peer's credentials: GOAWAY UNAUTHORIZED, counted, logged
+ * without the credential, and the address is slowed down. */
+static void refuse(kas_conn *kc, const char *what, const char *reason) {
+  kr_kas *k = kc->k;
+  k->stats[KR_KAS_STAT_AUTH_FAILURES]++;
+  kr__throttle_failure(&k->throttle, kc->addr, kr__now_us());
+  char q[160], msg[200];
+  snprintf(msg, sizeof(msg), "%s refused: %s", what, reason);
+  kr__log(KR_LOG_WARN, "auth_failed", "kas=%s peer=%s kind=%s reason=%s",
+          k->name, kc->peer, what,
+          kr__log_quote(q, sizeof(q), reason, strlen(reason)));
+  kr__conn_goaway(kc->conn, KR_CODE_UNAUTHORIZED, msg);
+}
+
+static void agent_ready(kas_conn *kc, const kr_md *md, size_t n) {
+  kr_kas *k = kc->k;
+  const kr_md *tok = md_find(md, n, KR_MD_TOKEN);
+  const kr_md *name = md_find(md, n, KR_MD_NAME);
+  int64_t agent_id = 0;
+  const char *label = NULL;
+  if (!tok || kr__token_table_lookup(k->tokens, (const char *)tok->value,
+                                     tok->value_len, &agent_id, &label) < 0) {
+    refuse(kc, "agent token", tok ? "unknown token" : "no token presented");
+    return;
+  }
+  size_t nl = name ? name->value_len : 0;
+  if (nl > sizeof(kc->replica) - 1)
+    nl = sizeof(kc->replica) - 1;
+  if (nl) {
+    memcpy(kc->replica, name->value, nl);
+    kc->replica[nl] = 0;
+  } else {
+    snprintf(kc->replica, sizeof(kc->replica), "%s", kc->peer);
+  }
+  /* Replica names go into logs and listings: keep them printable. */
+  for (char *p = kc->replica; *p; p++)
+    if (*p < 0x21 || *p > 0x7e)
+      *p = '_';
+  if (kr__registry_add(k->reg, agent_id, kc->replica, kc, kr__now_us(),
+                       &kc->tunnel) < 0) {
+    kr__conn_goaway(kc->conn, KR_CODE_INTERNAL, "registry full");
+    return;
+  }
+  kc->agent_id = agent_id;
+  kc->authed = 1;
+  k->stats[KR_KAS_STAT_AGENT_CONNECTIONS]++;
+  char q[300];
+  kr__log(KR_LOG_INFO, "agent_connected",
+          "kas=%s agent=%lld replica=%s peer=%s label=%s", k->name,
+          (long long)agent_id, kc->replica, kc->peer,
+          kr__log_quote(q, sizeof(q), label ? label : "", label ? strlen(label) : 0));
+}
+
+static void api_ready(kas_conn *kc, const kr_md *md, size_t n) {
+  kr_kas *k = kc->k;
+  const kr_md *tok = md_find(md, n, KR_MD_TOKEN);
+  const char *reason = "no token presented";
+  json_t *claims = NULL;
+  if (tok && kr__jwt_verify_hs256(k->api_secret, k->api_secret_len,
+                                  (const char *)tok->value, tok->value_len,
+                                  "gitlab-kas", (int64_t)time(NULL), 30,
+                                  &claims, &reason) == 0) {
+    json_decref(claims);
+    kc->authed = 1;
+    k->stats[KR_KAS_STAT_API_CONNECTIONS]++;
+    return;
+  }
+  refuse(kc, "API token", reason);
+}
+
+static void kc_ready(kr__conn *c, const kr_md *md, size_t n, void *ud) {
+  kas_conn *kc = ud;
+  if (kc->k->draining) {
+    kr__conn_goaway(c, KR_CODE_SHUTDOWN, "kas is shutting down");
+    return;
+  }
+  if (kc->kind == KR__LISTEN_AGENT)
+    agent_ready(kc, md, n);
+  else
+    api_ready(kc, md, n);
+}
+
+static void kc_stream(kr__conn *c, kr_stream *s, const kr_md *md, size_t n,
+                      int fin, void *ud) {
+  kas_conn *kc = ud;
+  if (kc->kind != KR__LISTEN_API) {
+    kr_stream_reset(s, KR_CODE_REFUSED, "agents cannot open streams here");
+    return;
+  }
+  if (!kc->authed) {
+    kr_stream_reset(s, KR_CODE_UNAUTHORIZED, "not authenticated");
+    return;
+  }
+  kr__relay_start(kc->k, kc, s, md, n, fin);
+}
+
+static void kc_goaway(kr__conn *c, uint32_t code, const uint8_t *r, size_t rl,
+                      void *ud) {
+  kas_conn *kc = ud;
+  /* A draining agent connection takes no new streams; it leaves the
+   * registry at once so that requests go to its replacement. */
+  if (kc->kind == KR__LISTEN_AGENT && kc->tunnel) {
+    kr__registry_remove(kc->k->reg, kc->tunnel);
+    kc->tunnel = NULL;
+  }
+}
+
+static const kr__conn_cbs kas_conn_cbs = {kc_ready, kc_stream, kc_goaway,
+                                          kc_closed};
+
+/* A listener accepted a transport. */
+static void on_accept(kr__listener *l, kr__transport *t, int open,
+                      const char *addr, void *ud) {
+  kr_kas *k = ud;
+  int kind = kr__listener_kind(l);
+  if (k->draining || kr__throttle_blocked(&k->throttle, addr, kr__now_us())) {
+    if (!k->draining)
+      kr__log(KR_LOG_WARN, "auth_throttled", "kas=%s peer=%s", k->name,
+              t->peer);
+    t->ops->free(t);
+    return;
+  }
+  kas_conn *kc = calloc(1, sizeof(*kc));
+  if (!kc) {
+    t->ops->free(t);
+    return;
+  }
+  kc->k = k;
+  kc->kind = kind;
+  snprintf(kc->peer, sizeof(kc->peer), "%s", t->peer);
+  snprintf(kc->addr, sizeof(kc->addr), "%s", addr);
+  if (kr__conn_new(k->base, t, open, kind == KR__LISTEN_AGENT ? k->agent_mux_opt
+                                                              : k->api_mux_opt,
+                   &kas_conn_cbs, kc, &kc->conn) < 0) {
+    free(kc);
+    return;
+  }
+  kc->next = k->conns;
+  if (k->conns)
+    k->conns->prev = kc;
+  k->conns = kc;
+}
+
+/* ----------------------------------------------------------------- timers */
+
+static void reg_timer_cb(evutil_socket_t fd, short what, void *arg) {
+  kr_kas *k = arg;
+  kr__registry_expire(k->reg, kr__now_us());
+  kr__kas_schedule_expiry(k);
+}
+
+void kr__kas_schedule_expiry(kr_kas *k) {
+  kr_time_us at = kr__registry_next_deadline(k->reg);
+  if (at == UINT64_MAX) {
+    event_del(k->reg_timer);
+    return;
+  }
+  kr_time_us now = kr__now_us();
+  kr_time_us d = at > now ? at - now : 0;
+  struct timeval tv = {(time_t)(d / 1000000u), (suseconds_t)(d % 1000000u)};
+  event_add(k->reg_timer, &tv);
+}
+
+/* --------------------------------------------------------------- lifetime */
+
+static int make_mux_opt(kr_kas *k, kr_mux_options **out) {
+  kr_mux_options *mo;
+  if (kr_mux_options_new(&mo) < 0)
+    return KR_ENOMEM;
+  kr_mux_options_set_role(mo, KR_ROLE_ACCEPTOR);
+  kr_mux_options_set_keepalive(mo, k->opt.keepalive_interval,
+                               k->opt.keepalive_timeout);
+  kr_mux_options_set_handshake_timeout(mo, k->opt.handshake_timeout);
+  *out = mo;
+  return 0;
+}
+
+int kr_kas_new(kr_kas **out, struct event_base *base, const kr_kas_options *o,
+               char *err, size_t errlen) {
+  char dummy[8];
+  if (!err) {
+    err = dummy;
+    errlen = sizeof(dummy);
+  }
+  err[0] = 0;
+  if (!out || !base || !o)
+    return KR_EINVAL;
+  kr_kas *k = calloc(1, sizeof(*k));
+  if (!k)
+    return KR_ENOMEM;
+  k->base = base;
+  k->opt = *o;
+  snprintf(k->name, sizeof(k->name), "%s", o->name);
+  memcpy(k->api_secret, o->api_secret, o->api_secret_len);
+  k->api_secret_len = o->api_secret_len;
+  int rc = 0, has_api = 0, has_tls = 0;
+  for (size_t i = 0; i < o->n_listen; i++) {
+    has_api |= o->listen[i].kind == KR__LISTEN_API;
+    has_tls |= kr__url_is_secure(&o->listen[i].url);
+  }
+  if (!o->tokens_file[0]) {
+    snprintf(err, errlen, "an agent token file is required");
+    rc = KR_ECONFIG;
+  } else if (has_api && !o->api_secret_len) {
+    snprintf(err, errlen, "an API listener needs an API secret");
+    rc = KR_ECONFIG;
+  } else if (has_tls && !o->tls_cert[0]) {
+    snprintf(err, errlen, "a tls:// listener needs a certificate and key");
+    rc = KR_ECONFIG;
+  }
+  if (rc == 0 && kr__token_file_load(kr_mem_default(), o->tokens_file,
+                                     &k->tokens, err, errlen) < 0)
+    rc = KR_ECONFIG;
+  if (rc == 0 && has_tls &&
+      kr__tls_config_server(o->tls_cert, o->tls_key, &k->tls, err, errlen) < 0)
+    rc = KR_ETLS;
+  if (rc == 0 && (kr__registry_new(kr_mem_default(), &k->reg) < 0 ||
+                  make_mux_opt(k, &k->agent_mux_opt) < 0 ||
+                  make_mux_opt(k, &k->api_mux_opt) < 0 ||
+                  !(k->reg_timer = event_new(base, -1, 0, reg_timer_cb, k))))
+    rc = KR_ENOMEM;
+  int hs_ms = (int)(o->handshake_timeout / 1000);
+  for (size_t i = 0; rc == 0 && i < o->n_listen; i++) {
+    rc = kr__listener_new(base, &o->listen[i].url, o->listen[i].kind, k->tls,
+                          hs_ms, on_accept, k, &k->listeners[i], err, errlen);
+    if (rc == 0)
+      k->n_listeners++;
+  }
+  if (rc < 0) {
+    kr_kas_free(k);
+    return rc;
+  }
+  for (size_t i = 0; i < k->n_listeners; i++)
+    kr__log(KR_LOG_INFO, "listening", "kas=%s kind=%s url=%s://%s:%d", k->name,
+            o->listen[i].kind == KR__LISTEN_AGENT ? "agent" : "api",
+            kr__scheme_name(o->listen[i].url.scheme), o->listen[i].url.host,
+            kr__listener_port(k->listeners[i]));
+  *out = k;
+  return 0;
+}
+
+void kr_kas_free(kr_kas *k) {
+  if (!k)
+    return;
+  k->freeing = 1;
+  for (size_t i = 0; i < k->n_listeners; i++)
+    kr__listener_free(k->listeners[i]);
+  /* Connections go without callbacks: relays are released through the
+   * stream close path of each mux, which kr__conn_free() does not run, so
+   * release them explicitly first. */
+  kr__relay_free_all(k);
+  while (k->conns) {
+    kas_conn *kc = k->conns;
+    kconn_unlink(k, kc);
+    kr__conn_free(kc->conn);
+    free(kc);
+  }
+  kr__registry_free(k->reg);
+  if (k->reg_timer)
+    event_free(k->reg_timer);
+  if (k->drain_timer)
+    event_free(k->drain_timer);
+  kr_mux_options_free(k->agent_mux_opt);
+  kr_mux_options_free(k->api_mux_opt);
+  kr__token_table_free(k->tokens);
+  kr__tls_config_free(k->tls);
+  kr__throttle_clear(&k->throttle);
+  memset(k->api_secret, 0, sizeof(k->api_secret));
+  free(k);
+}
+
+static int nth_port(const kr_kas *k, size_t i, int kind) {
+  for (size_t j = 0; j < k->n_listeners; j++)
+    if (k->opt.listen[j].kind == kind && i-- == 0)
+      return kr__listener_port(k->listeners[j]);
+  return KR_EINVAL;
+}
+
+int kr_kas_agent_port(const kr_kas *k, size_t i) {
+  return nth_port(k, i, KR__LISTEN_AGENT);
+}
+
+int kr_kas_api_port(const kr_kas *k, size_t i) {
+  return nth_port(k, i, KR__LISTEN_API);
+}
+
+int kr_kas_reload_tokens(kr_kas *k, char *err, size_t errlen) {
+  kr__token_table *t;
+  char dummy[8];
+  if (!err) {
+    err = dummy;
+    errlen = sizeof(dummy);
+  }
+  int rc = kr__token_file_load(kr_mem_default(), k->opt.tokens_file, &t, err,
+                               errlen);
+  if (rc < 0) {
+    kr__log(KR_LOG_ERROR, "tokens_reload_failed", "kas=%s", k->name);
+    return rc;
+  }
+  kr__token_table_free(k->tokens);
+  k->tokens = t;
+  kr__log(KR_LOG_INFO, "tokens_reloaded", "kas=%s", k->name);
+  return 0;
+}
+
+static void drain_done_cb(evutil_socket_t fd, short what, void *arg) {
+  kr_kas *k = arg;
+  if (k->conns) {
+    /* Grace period over: close what is left. */
+    kr__log(KR_LOG_WARN, "drain_timeout", "kas=%s", k->name);
+    for (kas_conn *kc = k->conns; kc; kc = kc->next)
+      kr__conn_abort(kc->conn, KR_CODE_SHUTDOWN, "kas shut down");
+    return;
+  }
+  kr_kas_drained_cb done = k->drained;
+  k->drained = NULL;
+  if (done)
+    done(k, k->drained_ud);
+}
+
+static void maybe_drained(kr_kas *k) {
+  if (k->draining && !k->conns && !k->freeing)
+    event_active(k->drain_timer, EV_TIMEOUT, 0);
+}
+
+void kr_kas_drain(kr_kas *k, kr_time_us grace, kr_kas_drained_cb done,
+                  void *ud) {
+  if (k->draining)
+    return;
+  k->draining = 1;
+  k->drained = done;
+  k->drained_ud = ud;
+  for (size_t i = 0; i < k->n_listeners; i++)
+    kr__listener_disable(k->listeners[i]);
+  k->drain_timer = event_new(k->base, -1, 0, drain_done_cb, k);
+  struct timeval tv = {(time_t)(grace / 1000000u),
+                       (suseconds_t)(grace % 1000000u)};
+  event_add(k->drain_timer, &tv);
+  kr__log(KR_LOG_INFO, "draining", "kas=%s connections=%llu", k->name,
+          (unsigned long long)(k->stats[KR_KAS_STAT_AGENT_CONNECTIONS] +
+                               k->stats[KR_KAS_STAT_API_CONNECTIONS]));
+  for (kas_conn *kc = k->conns; kc; kc = kc->next) {
+    if (kc->tunnel) {
+      kr__registry_remove(k->reg, kc->tunnel);
+      kc->tunnel = NULL;
+    }
+    kr__conn_goaway(kc->conn, KR_CODE_SHUTDOWN, "kas is shutting down");
+  }
+  maybe_drained(k);
+}
+
+uint64_t kr_kas_stat_get(const kr_kas *k, kr_kas_stat id) {
+  if ((unsigned)id >= KR_KAS_STAT_COUNT)
+    return 0;
+  return k->stats[id];
+}
+
+size_t kr_kas_agent_count(const kr_kas *k) {
+  return kr__registry_agent_count(k->reg);
+}

@@ -1,0 +1,82 @@
+/* Private structures of the kas role, shared by kas.c and relay.c. */
+#ifndef KR_KAS_INTERNAL_H
+#define KR_KAS_INTERNAL_H
+
+#include <event2/event.h>
+
+#include <kasroute/kas.h>
+
+#include "core/registry.h"
+#include "core/token_file.h"
+#include "io/conn.h"
+#include "io/listener.h"
+#include "io/transport_tls.h"
+#include "io/url.h"
+#include "kas/throttle.h"
+
+#define KR__KAS_MAX_LISTEN 16
+
+struct kr_kas_options {
+  struct {
+    kr__url url;
+    int kind; /* KR__LISTEN_AGENT or KR__LISTEN_API */
+  } listen[KR__KAS_MAX_LISTEN];
+  size_t n_listen;
+  char tls_cert[1024];
+  char tls_key[1024];
+  char tokens_file[1024];
+  uint8_t api_secret[256];
+  size_t api_secret_len;
+  kr_time_us route_timeout;
+  kr_time_us keepalive_interval;
+  kr_time_us keepalive_timeout;
+  kr_time_us handshake_timeout;
+  char name[256];
+};
+
+typedef struct kr__relay kr__relay;
+typedef struct kas_conn kas_conn;
+
+/* One accepted connection, agent tunnel or API client. */
+struct kas_conn {
+  kr_kas *k;
+  kr__conn *conn;
+  int kind;
+  int authed;
+  int64_t agent_id;     /* agents */
+  char replica[128];    /* agents: HELLO ":name" */
+  kr__tunnel *tunnel;   /* agents, while in the registry */
+  char peer[96];
+  char addr[64];        /* peer IP without port, for throttling */
+  kas_conn *prev, *next;
+};
+
+struct kr_kas {
+  struct event_base *base;
+  kr_kas_options opt;
+  char name[256];
+  uint8_t api_secret[256];
+  size_t api_secret_len;
+  kr__tls_config *tls;
+  kr__listener *listeners[KR__KAS_MAX_LISTEN];
+  size_t n_listeners;
+  kr__token_table *tokens;
+  kr__registry *reg;
+  struct event *reg_timer;
+  kr_mux_options *agent_mux_opt;
+  kr_mux_options *api_mux_opt;
+  kas_conn *conns;
+  kr__relay *relays; /* every live relay, for kr_kas_free() */
+  kr__throttle throttle;
+  uint64_t stats[KR_KAS_STAT_COUNT];
+  int draining;
+  int freeing;
+  struct event *drain_timer;
+  kr_kas_drained_cb drained;
+  void *drained_ud;
+};
+
+/* Re-arms the registry's waiter-deadline timer. */
+void kr__kas_schedule_expiry(kr_kas *k);
+
+#endif

@@ -1,0 +1,363 @@
+/* Client-stream <-> tunnel-stream splice and routing (see relay.h). */
+#include <event2/buffer.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <kasroute/error.h>
+
+#include "core/mux_internal.h"
+#include "io/log.h"
+#include "kas/relay.h"
+
+/* Tunnels tried for one stream before giving up on immediate routing. */
+#define KR__ROUTE_ATTEMPTS 8
+
+struct kr__relay {
+  kr_kas *k;
+  int64_t agent_id;
+  kas_conn *ac;  /* tunnel connection, once routed */
+  kr_stream *cs; /* client stream; NULL once it ended */
+  kr_stream *as; /* tunnel stream; NULL before routing and once it ended */
+  kr__waiter *waiter;
+  kr_md *md; /* request metadata while routing (":agent" removed) */
+  size_t md_n;
+  int open_fin;
+  struct evbuffer *to_agent;  /* client bytes the tunnel stream refused */
+  struct evbuffer *to_client; /* tunnel bytes the client stream refused */
+  int fin_to_agent, fin_to_client;
+  int routed;
+  kr__relay *prev, *next;
+};
+
+static const kr__stream_handler client_handler;
+static const kr__stream_handler agent_handler;
+
+static void relay_free(kr__relay *r) {
+  if (r->prev)
+    r->prev->next = r->next;
+  else
+    r->k->relays = r->next;
+  if (r->next)
+    r->next->prev = r->prev;
+  if (r->waiter)
+    kr__registry_cancel(r->waiter);
+  free(r->md);
+  if (r->to_agent)
+    evbuffer_free(r->to_agent);
+  if (r->to_client)
+    evbuffer_free(r->to_client);
+  free(r);
+}
+
+static void maybe_free(kr__relay *r) {
+  if (!r->cs && !r->as)
+    relay_free(r);
+}
+
+void kr__relay_free_all(kr_kas *k) {
+  while (k->relays)
+    relay_free(k->relays);
+}
+
+/* Reports the tunnel's load to the registry after streams came or went. */
+static void update_load(kas_conn *ac) {
+  if (ac && ac->tunnel) {
+    kr_mux *m = kr__conn_mux(ac->conn);
+    kr__tunnel_set_load(ac->tunnel, (uint32_t)kr_mux_num_streams(m),
+                        kr_mux_rtt(m), kr_mux_can_open(m));
+  }
+}
+
+static void reset_stream(kr_stream **sp, uint32_t code, const char *reason) {
+  kr_stream *s = *sp;
+  if (!s)
+    return;
+  *sp = NULL; /* its on_close must not come back into the relay */
+  kr__stream_set_handler(s, NULL);
+  kr_stream_set_user_data(s, NULL);
+  kr_stream_reset(s, code, reason);
+}
+
+/* Moves buffered bytes from buf into dst, returning credit on src for
+ * what dst took. Closes dst for writing once buf is empty and fin set. */
+static void drain(struct evbuffer *buf, kr_stream *dst, kr_stream *src,
+                  int fin) {
+  if (!dst)
+    return;
+  while (evbuffer_get_length(buf) > 0) {
+    struct evbuffer_iovec v;
+    if (evbuffer_peek(buf, -1, NULL, &v, 1) < 1)
+      break;
+    int64_t w = kr_stream_write(dst, v.iov_base, v.iov_len);
+    if (w <= 0)
+      break;
+    evbuffer_drain(buf, (size_t)w);
+    if (src) {
+      kr_stream_consume(src, (size_t)w);
+    }
+    if ((size_t)w < v.iov_len)
+      break;
+  }
+  if (fin && evbuffer_get_length(buf) == 0)
+    kr_stream_close_write(dst); /* KR_ESTATE when already closed: fine */
+}
+
+/* Bytes from src go to dst now if nothing is queued ahead of them. */
+static void forward(struct evbuffer *buf, kr_stream *dst, kr_stream *src,
+                    const uint8_t *p, size_t n) {
+  size_t done = 0;
+  if (dst && evbuffer_get_length(buf) == 0) {
+    int64_t w = kr_stream_write(dst, p, n);
+    if (w > 0) {
+      done = (size_t)w;
+      kr_stream_consume(src, done);
+    }
+  }
+  if (done < n)
+    evbuffer_add(buf, p + done, n - done);
+}
+
+/* ------------------------------------------------------------- routing */
+
+static void route(kr__relay *r);
+
+static int attach(kr__relay *r, kr__tunnel *t) {
+  kas_conn *ac = kr__tunnel_conn(t);
+  kr_mux *m = kr__conn_mux(ac->conn);
+  kr_stream *as;
+  int rc = kr_stream_open(m, r->md, r->md_n, r->open_fin, r, &as);
+  if (rc < 0) {
+    /* Full or draining: not a candidate until its load changes. */
+    kr__tunnel_set_load(t, (uint32_t)kr_mux_num_streams(m), kr_mux_rtt(m), 0);
+    return rc;
+  }
+  kr__stream_set_handler(as, &agent_handler);
+  r->as = as;
+  r->ac = ac;
+  r->routed = 1;
+  free(r->md);
+  r->md = NULL;
+  r->k->stats[KR_KAS_STAT_STREAMS_ROUTED]++;
+  r->k->stats[KR_KAS_STAT_STREAMS_ACTIVE]++;
+  update_load(ac);
+  if (r->open_fin)
+    r->fin_to_agent = 0; /* the OPEN carried it */
+  drain(r->to_agent, r->as, r->cs, r->fin_to_agent);
+  return 0;
+}
+
+static void waiter_cb(kr__waiter *w, kr__tunnel *t, int status, void *ud) {
+  kr__relay *r = ud;
+  r->waiter = NULL;
+  if (status == 0 && t) {
+    route(r);
+    return;
+  }
+  r->k->stats[KR_KAS_STAT_ROUTE_TIMEOUTS]++;
+  char why[96];
+  snprintf(why, sizeof(why), "agent %" PRId64 " is not connected", r->agent_id);
+  kr__log(KR_LOG_INFO, "route_timeout", "kas=%s agent=%" PRId64, r->k->name,
+          r->agent_id);
+  reset_stream(&r->cs, KR_CODE_UNAVAILABLE, why);
+  maybe_free(r);
+}
+
+static void route(kr__relay *r) {
+  kr_kas *k = r->k;
+  for (int i = 0; i < KR__ROUTE_ATTEMPTS; i++) {
+    kr__tunnel *t = kr__registry_pick(k->reg, r->agent_id);
+    if (!t)
+      break;
+    if (attach(r, t) == 0)
+      return;
+  }
+  /* No usable tunnel now: wait for one (woken by registration). */
+  if (kr__registry_wait(k->reg, r->agent_id, kr__now_us() + k->opt.route_timeout,
+                        waiter_cb, r, &r->waiter) < 0) {
+    reset_stream(&r->cs, KR_CODE_UNAVAILABLE, "too many requests waiting");
+    maybe_free(r);
+    return;
+  }
+  kr__kas_schedule_expiry(k);
+}
+
+static int md_is(const kr_md *m, const char *name) {
+  size_t len = strlen(name);
+  return m->name_len == len && memcmp(m->name, name, len) == 0;
+}
+
+/* Copies md without ":agent" into one allocation. */
+static int copy_md(kr__relay *r, const kr_md *md, size_t n) {
+  size_t bytes = n * sizeof(kr_md);
+  for (size_t i = 0; i < n; i++)
+    bytes += md[i].name_len + md[i].value_len;
+  kr_md *out = malloc(bytes ? bytes : 1);
+  if (!out)
+    return KR_ENOMEM;
+  uint8_t *p = (uint8_t *)(out + n);
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (md_is(&md[i], KR_MD_AGENT))
+      continue;
+    memcpy(p, md[i].name, md[i].name_len);
+    out[k].name = p;
+    out[k].name_len = md[i].name_len;
+    p += md[i].name_len;
+    if (md[i].value_len)
+      memcpy(p, md[i].value, md[i].value_len);
+    out[k].value = p;
+    out[k].value_len = md[i].value_len;
+    p += md[i].value_len;
+    k++;
+  }
+  r->md = out;
+  r->md_n = k;
+  return 0;
+}
+
+void kr__relay_start(kr_kas *k, kas_conn *cc, kr_stream *s, const kr_md *md,
+                     size_t n, int fin) {
+  int64_t agent = 0;
+  int has_service = 0, has_agent = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (md_is(&md[i], KR_MD_AGENT)) {
+      char buf[24];
+      size_t l = md[i].value_len;
+      char *end;
+      if (l == 0 || l >= sizeof(buf))
+        break;
+      memcpy(buf, md[i].value, l);
+      buf[l] = 0;
+      long long v = strtoll(buf, &end, 10);
+      if (*end == 0 && v > 0) {
+        agent = v;
+        has_agent = 1;
+      }
+    } else if (md_is(&md[i], KR_MD_SERVICE) && md[i].value_len > 0) {
+      has_service = 1;
+    }
+  }
+  if (!has_agent || !has_service) {
+    kr_stream_reset(s, KR_CODE_PROTOCOL,
+                    !has_agent ? "missing or invalid :agent" : "missing :service");
+    return;
+  }
+  if (k->draining) {
+    kr_stream_reset(s, KR_CODE_REFUSED, "kas is shutting down");
+    return;
+  }
+  kr__relay *r = calloc(1, sizeof(*r));
+  if (!r || !(r->to_agent = evbuffer_new()) ||
+      !(r->to_client = evbuffer_new()) || copy_md(r, md, n) < 0) {
+    if (r) {
+      if (r->to_agent)
+        evbuffer_free(r->to_agent);
+      if (r->to_client)
+        evbuffer_free(r->to_client);
+      free(r);
+    }
+    kr_stream_reset(s, KR_CODE_INTERNAL, "out of memory");
+    return;
+  }
+  r->k = k;
+  r->agent_id = agent;
+  r->cs = s;
+  r->open_fin = fin;
+  r->fin_to_agent = fin;
+  r->next = k->relays;
+  if (k->relays)
+    k->relays->prev = r;
+  k->relays = r;
+  kr_stream_set_user_data(s, r);
+  kr__stream_set_handler(s, &client_handler);
+  route(r);
+}
+
+/* ------------------------------------------------------ client stream */
+
+static void c_data(kr_stream *s, const uint8_t *p, size_t n, void *ud) {
+  kr__relay *r = ud;
+  forward(r->to_agent, r->as, s, p, n);
+}
+
+static void c_fin(kr_stream *s, void *ud) {
+  kr__relay *r = ud;
+  r->fin_to_agent = 1;
+  if (r->as)
+    drain(r->to_agent, r->as, s, 1);
+}
+
+static void c_writable(kr_stream *s, void *ud) {
+  kr__relay *r = ud;
+  drain(r->to_client, s, r->as, r->fin_to_client);
+}
+
+static void c_close(kr_stream *s, uint32_t code, const uint8_t *reason,
+                    size_t len, void *ud) {
+  kr__relay *r = ud;
+  r->cs = NULL;
+  if (code != KR_CODE_NO_ERROR)
+    reset_stream(&r->as, KR_CODE_CANCEL, "client went away");
+  if (r->as == NULL && r->routed) {
+    r->routed = 0;
+    r->k->stats[KR_KAS_STAT_STREAMS_ACTIVE]--;
+  }
+  maybe_free(r);
+}
+
+static const kr__stream_handler client_handler = {NULL, c_data, c_fin,
+                                                  c_writable, c_close};
+
+/* ------------------------------------------------------ tunnel stream */
+
+static void a_reply(kr_stream *s, const kr_md *md, size_t n, int fin, void *ud) {
+  kr__relay *r = ud;
+  if (!r->cs)
+    return;
+  if (kr_stream_reply(r->cs, md, n, fin) < 0) {
+    reset_stream(&r->cs, KR_CODE_INTERNAL, "cannot relay the reply");
+    reset_stream(&r->as, KR_CODE_CANCEL, "client stream failed");
+    return;
+  }
+}
+
+static void a_data(kr_stream *s, const uint8_t *p, size_t n, void *ud) {
+  kr__relay *r = ud;
+  forward(r->to_client, r->cs, s, p, n);
+}
+
+static void a_fin(kr_stream *s, void *ud) {
+  kr__relay *r = ud;
+  r->fin_to_client = 1;
+  if (r->cs)
+    drain(r->to_client, r->cs, s, 1);
+}
+
+static void a_writable(kr_stream *s, void *ud) {
+  kr__relay *r = ud;
+  drain(r->to_agent, s, r->cs, r->fin_to_agent);
+}
+
+static void a_close(kr_stream *s, uint32_t code, const uint8_t *reason,
+                    size_t len, void *ud) {
+  kr__relay *r = ud;
+  kas_conn *ac = r->ac;
+  r->as = NULL;
+  r->ac = NULL;
+  if (code != KR_CODE_NO_ERROR) {
+    char why[KR_MAX_REASON + 1];
+    snprintf(why, sizeof(why), "%.*s", (int)len, (const char *)reason);
+    reset_stream(&r->cs, code, why);
+  }
+  if (r->routed) {
+    r->routed = 0;
+    r->k->stats[KR_KAS_STAT_STREAMS_ACTIVE]--;
+  }
+  update_load(ac);
+  maybe_free(r);
+}
+
+static const kr__stream_handler agent_handler = {a_reply, a_data, a_fin,
+                                                 a_writable, a_close};

@@ -298,6 +298,17 @@ static void on_goaway(kr__conn *c, uint32_t code, const uint8_t *r, size_t rl,
   kr__log(KR_LOG_INFO, "goaway_received", "agent=%s code=%s reason=%s",
           l->a->opt.name, kr_code_name(code),
           kr__log_quote(q, sizeof(q), (const char *)r, rl));
+  if (l->ready) {
+    l->ready = 0;
+    l->a->ready--;
+  }
+  if (code == KR_CODE_UNAUTHORIZED) {
+    /* Our token was refused: keep the slot, so that the close that follows
+     * schedules a retry with backoff (no reconnect storm). */
+    kr__log(KR_LOG_ERROR, "token_refused", "agent=%s peer=%s", l->a->opt.name,
+            kr__conn_peer(c));
+    return;
+  }
   /* Replace it now; the old link finishes its streams on its own. */
   agent_slot *slot = l->slot;
   if (slot && !l->a->draining) {

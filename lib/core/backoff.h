@@ -21,6 +21,8 @@
 
 #include <stdint.h>
 
+#include <kasroute/error.h>
+
 typedef struct kr__backoff {
   uint64_t base_us;
   uint64_t cap_us;

@@ -19,6 +19,7 @@
 
 #include <jansson.h>
 
+#include <kasroute/error.h>
 #include <kasroute/mem.h>
 
 /* Longest token kr__jwt_verify_hs256 looks at (bytes, no terminator);

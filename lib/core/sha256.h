@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <kasroute/error.h>
+
 /* Bytes in a SHA-256 digest and characters in its hex form. */
 #define KR__SHA256_LEN 32
 #define KR__SHA256_HEX_LEN 64

@@ -32,6 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <kasroute/error.h>
 #include <kasroute/mem.h>
 
 #include "sha256.h"

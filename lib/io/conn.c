@@ -22,6 +22,7 @@ struct kr__conn {
   int closed;   /* on_closed delivered */
   int depth;    /* inside our own callbacks */
   int free_pending;
+  char peer[96]; /* kept past the transport, for logs */
 };
 
 kr_time_us kr__now_us(void) {
@@ -62,7 +63,7 @@ static int conn_leave(kr__conn *c) {
 
 kr_mux *kr__conn_mux(const kr__conn *c) { return c->mux; }
 void *kr__conn_user_data(const kr__conn *c) { return c->ud; }
-const char *kr__conn_peer(const kr__conn *c) { return c->t ? c->t->peer : "?"; }
+const char *kr__conn_peer(const kr__conn *c) { return c->peer; }
 kr__conn *kr__conn_of(const kr_stream *s) {
   return kr_mux_user_data(kr_stream_mux(s));
 }
@@ -127,6 +128,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg) {
 static void t_open(kr__transport *t, void *ud) {
   kr__conn *c = ud;
   c->transport_open = 1;
+  memcpy(c->peer, t->peer, sizeof(c->peer));
   pump(c);
 }
 
@@ -261,6 +263,7 @@ int kr__conn_new(struct event_base *base, kr__transport *t, int transport_open,
     goto fail;
   kr__mux_set_output_hook(c->mux, output_hook, c);
   c->t = t;
+  memcpy(c->peer, t->peer, sizeof(c->peer));
   t->cb = transport_cbs;
   t->ud = c;
   *out = c;

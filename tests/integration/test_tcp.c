@@ -1,0 +1,149 @@
+/* Tunnels over plain TCP, in one process: kas + agent + client. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <kasroute/error.h>
+
+#include "echo_client.h"
+#include "harness.h"
+
+static th_env env;
+static kr_kas *kas;
+static char agent_url[64], api_url[64];
+
+static int agent_registered(void *arg) { return kr_kas_agent_count(kas) > 0; }
+static int echo_done(void *arg) { return ((th_echo *)arg)->done; }
+
+static void setup(void) {
+  th_setup(&env);
+  kas = th_kas(&env, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", 300);
+  snprintf(agent_url, sizeof(agent_url), "tcp://127.0.0.1:%d",
+           kr_kas_agent_port(kas, 0));
+  snprintf(api_url, sizeof(api_url), "tcp://127.0.0.1:%d",
+           kr_kas_api_port(kas, 0));
+}
+
+static void teardown(void) {
+  kr_kas_free(kas);
+  th_cleanup(&env);
+}
+
+static void run_echo(th_echo *ec, const char *token) {
+  kr_client *c = th_echo_start(&env, ec, api_url, NULL, 1, token);
+  ck_assert_ptr_nonnull(c);
+  ck_assert_msg(th_run_cond(&env, echo_done, ec, 20000), "echo did not end");
+  kr_client_free(c);
+}
+
+START_TEST(echo_4mib) {
+  kr_agent *a = th_agent(&env, agent_url, NULL, th_echo_server(&env), NULL, 1);
+  ck_assert(th_run_cond(&env, agent_registered, NULL, 5000));
+  char *tok = th_api_token(&env);
+  th_echo ec = {.total = 4u << 20, .service = "echo", .agent = TH_AGENT_ID};
+  run_echo(&ec, tok);
+  ck_assert_msg(ec.code == KR_CODE_NO_ERROR, "closed with %s: %s",
+                kr_code_name(ec.code), ec.reason);
+  ck_assert_uint_eq(ec.received, ec.total);
+  ck_assert(!ec.mismatch);
+  ck_assert_uint_eq(kr_kas_stat_get(kas, KR_KAS_STAT_STREAMS_ROUTED), 1);
+  free(tok);
+  kr_agent_free(a);
+}
+END_TEST
+
+START_TEST(unknown_service) {
+  kr_agent *a = th_agent(&env, agent_url, NULL, th_echo_server(&env), NULL, 1);
+  ck_assert(th_run_cond(&env, agent_registered, NULL, 5000));
+  char *tok = th_api_token(&env);
+  th_echo ec = {.total = 10, .service = "nope", .agent = TH_AGENT_ID};
+  run_echo(&ec, tok);
+  ck_assert_int_eq(kr_error_from_code(ec.code), KR_ENOSERVICE);
+  free(tok);
+  kr_agent_free(a);
+}
+END_TEST
+
+START_TEST(agent_not_connected) {
+  char *tok = th_api_token(&env);
+  th_echo ec = {.total = 10, .service = "echo", .agent = 99};
+  run_echo(&ec, tok);
+  ck_assert_int_eq(kr_error_from_code(ec.code), KR_ENOTCONN);
+  ck_assert_msg(strstr(ec.reason, "99") != NULL, "reason names the agent: %s",
+                ec.reason);
+  ck_assert_uint_eq(kr_kas_stat_get(kas, KR_KAS_STAT_ROUTE_TIMEOUTS), 1);
+  free(tok);
+}
+END_TEST
+
+START_TEST(waiting_stream_woken_by_registration) {
+  char *tok = th_api_token(&env);
+  /* The stream waits (route timeout raised); the agent connects later. */
+  kr_kas_free(kas);
+  kas = th_kas(&env, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", 10000);
+  snprintf(agent_url, sizeof(agent_url), "tcp://127.0.0.1:%d",
+           kr_kas_agent_port(kas, 0));
+  snprintf(api_url, sizeof(api_url), "tcp://127.0.0.1:%d",
+           kr_kas_api_port(kas, 0));
+  th_echo ec = {.total = 1000, .service = "echo", .agent = TH_AGENT_ID};
+  kr_client *c = th_echo_start(&env, &ec, api_url, NULL, 1, tok);
+  th_run_until(&env, &ec.ready, 5000);
+  kr_agent *a = th_agent(&env, agent_url, NULL, th_echo_server(&env), NULL, 1);
+  ck_assert(th_run_cond(&env, echo_done, &ec, 5000));
+  ck_assert_msg(ec.code == KR_CODE_NO_ERROR, "%s", ec.reason);
+  ck_assert_uint_eq(ec.received, 1000);
+  kr_client_free(c);
+  kr_agent_free(a);
+  free(tok);
+}
+END_TEST
+
+START_TEST(bad_api_token) {
+  th_echo ec = {.total = 10, .service = "echo", .agent = TH_AGENT_ID};
+  kr_client *c = th_echo_start(&env, &ec, api_url, NULL, 1, "not.a.jwt");
+  ck_assert(th_run_cond(&env, echo_done, &ec, 5000));
+  ck_assert_msg(ec.state_err == KR_EAUTH ||
+                    kr_error_from_code(ec.code) == KR_EAUTH,
+                "state %d code %u", ec.state_err, ec.code);
+  ck_assert_uint_ge(kr_kas_stat_get(kas, KR_KAS_STAT_AUTH_FAILURES), 1);
+  kr_client_free(c);
+}
+END_TEST
+
+static int auth_failed(void *arg) {
+  return kr_kas_stat_get(kas, KR_KAS_STAT_AUTH_FAILURES) > 0;
+}
+
+static int agent_idle(void *arg) { return kr_agent_connected(arg) == 0; }
+
+START_TEST(bad_agent_token) {
+  kr_agent *a = th_agent(&env, agent_url, "wrong-token", th_echo_server(&env),
+                         NULL, 1);
+  ck_assert(th_run_cond(&env, auth_failed, NULL, 5000));
+  ck_assert_uint_eq(kr_kas_agent_count(kas), 0);
+  /* The agent hears the refusal and stops counting the tunnels. */
+  ck_assert(th_run_cond(&env, agent_idle, a, 5000));
+  ck_assert_uint_eq(kr_kas_agent_count(kas), 0);
+  kr_agent_free(a);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("tcp");
+  TCase *tc = tcase_create("tunnel");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, echo_4mib);
+  tcase_add_test(tc, unknown_service);
+  tcase_add_test(tc, agent_not_connected);
+  tcase_add_test(tc, waiting_stream_woken_by_registration);
+  tcase_add_test(tc, bad_api_token);
+  tcase_add_test(tc, bad_agent_token);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? 1 : 0;
+}

@@ -132,8 +132,9 @@ KR_API int kr_mux_options_set_max_streams(kr_mux_options *opt, uint32_t n);
  * Default 1 MiB; KR_EINVAL for 0. */
 KR_API int kr_mux_options_set_send_queue(kr_mux_options *opt, size_t n);
 /* Pending output above which writes are queued per stream instead of framed
- * at once, and kr_mux_want_read() turns false so that a host that does not
- * write cannot be made to buffer without end. Default 1 MiB; KR_EINVAL < 1. */
+ * at once. A peer that makes this side answer control frames (PING, RESET)
+ * while more than four times this much output is pending fails the
+ * connection (a flood). Default 1 MiB; KR_EINVAL for 0. */
 KR_API int kr_mux_options_set_output_limit(kr_mux_options *opt, size_t n);
 /* Idle time after which a PING is sent, and silence after which the peer
  * is declared dead (GOAWAY TIMEOUT). Defaults 15 s and 45 s; 0 disables.
@@ -253,8 +254,10 @@ KR_API int kr_mux_tick(kr_mux *m, kr_time_us now);
  * when no timer runs. */
 KR_API kr_time_us kr_mux_next_deadline(const kr_mux *m);
 
-/* 1 if the host should read from the transport now: the mux is not closed
- * and its pending output is under the output limit. */
+/* 1 if the host should read from the transport now: the mux has not
+ * failed. Reading never waits for writing (a full-duplex peer may need our
+ * reading to make progress); input is bounded by the flow-control windows
+ * and the flood limit (kr_mux_options_set_output_limit()). */
 KR_API int kr_mux_want_read(const kr_mux *m);
 
 /* 1 if kr_mux_send() has bytes to give. May frame queued stream data. */

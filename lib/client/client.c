@@ -12,6 +12,7 @@
 #include "io/conn.h"
 #include "io/transport_tcp.h"
 #include "io/transport_tls.h"
+#include "io/transport_ws.h"
 #include "io/url.h"
 
 struct kr_client_options {
@@ -31,6 +32,7 @@ struct kr_client {
   kr_client_state_cb on_state;
   void *ud;
   kr__tls_config *tls;
+  kr__ws_ctx *ws; /* ws:// and wss:// */
   kr__conn *conn;
   int ready;
   int ended;
@@ -59,7 +61,8 @@ int kr_client_options_set_url(kr_client_options *o, const char *url) {
   char err[256];
   kr__url u;
   if (kr__url_parse(url, &u, err, sizeof(err)) < 0 ||
-      (u.scheme != KR__SCHEME_TCP && u.scheme != KR__SCHEME_TLS))
+      (u.scheme != KR__SCHEME_TCP && u.scheme != KR__SCHEME_TLS &&
+       u.scheme != KR__SCHEME_WS && u.scheme != KR__SCHEME_WSS))
     return KR_EADDR;
   o->url = u;
   o->has_url = 1;
@@ -226,6 +229,10 @@ int kr_client_new(kr_client **out, struct event_base *base,
   if (o->url.scheme == KR__SCHEME_TLS)
     rc = kr__tls_config_client(o->ca_file[0] ? o->ca_file : NULL, o->verify,
                                &c->tls, err, errlen);
+  if (o->url.scheme == KR__SCHEME_WS || o->url.scheme == KR__SCHEME_WSS)
+    rc = kr__ws_ctx_new_client(base, o->url.scheme == KR__SCHEME_WSS,
+                               o->ca_file[0] ? o->ca_file : NULL, o->verify,
+                               &c->ws, err, errlen);
   kr_mux_options *mo = NULL;
   if (rc == 0 && kr_mux_options_new(&mo) < 0)
     rc = KR_ENOMEM;
@@ -239,7 +246,10 @@ int kr_client_new(kr_client **out, struct event_base *base,
   kr__transport *t = NULL;
   if (rc == 0) {
     const kr__url *u = &o->url;
-    if (u->scheme == KR__SCHEME_TLS)
+    if (u->scheme == KR__SCHEME_WS || u->scheme == KR__SCHEME_WSS)
+      rc = kr__ws_connect(c->ws, u, o->token, o->token_len, 10000,
+                          &kr__transport_nop_cbs, NULL, &t);
+    else if (u->scheme == KR__SCHEME_TLS)
       rc = kr__tls_connect(base, u->host, u->port, u->host, c->tls, 10000,
                            &kr__transport_nop_cbs, NULL, &t);
     else
@@ -265,6 +275,7 @@ void kr_client_free(kr_client *c) {
     return;
   kr__conn_free(c->conn);
   kr__tls_config_free(c->tls);
+  kr__ws_ctx_free(c->ws); /* after the conn: closes what is left */
   memset(c->opt.token, 0, sizeof(c->opt.token));
   free(c);
 }

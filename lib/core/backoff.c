@@ -48,6 +48,10 @@ void kr__backoff_disconnected(kr__backoff *b, uint64_t now_us) {
   b->connected = 0;
 }
 
-void kr__backoff_reset(kr__backoff *b) { b->attempt = 0; }
+void kr__backoff_reset(kr__backoff *b) {
+  b->attempt = 0;
+}
 
-uint32_t kr__backoff_attempts(const kr__backoff *b) { return b->attempt; }
+uint32_t kr__backoff_attempts(const kr__backoff *b) {
+  return b->attempt;
+}

@@ -42,8 +42,8 @@ int kr__b64url_encode(const void *data, size_t len, char *out, size_t outcap,
   if (out == NULL || outcap == 0 || (data == NULL && len > 0))
     return KR_EINVAL;
   size_t n = 0;
-  if (len > 0 && mbedtls_base64_encode((unsigned char *)out, outcap, &n,
-                                       data, len) != 0)
+  if (len > 0 &&
+      mbedtls_base64_encode((unsigned char *)out, outcap, &n, data, len) != 0)
     return KR_EINVAL;
   /* mbedTLS writes the standard alphabet with '=' padding; translate and
    * drop the padding (it is always at the end). */
@@ -62,8 +62,7 @@ int kr__b64url_encode(const void *data, size_t len, char *out, size_t outcap,
 
 int kr__b64url_decode(const char *in, size_t len, uint8_t *out, size_t outcap,
                       size_t *outlen) {
-  if (outlen == NULL || (in == NULL && len > 0) ||
-      (out == NULL && outcap > 0))
+  if (outlen == NULL || (in == NULL && len > 0) || (out == NULL && outcap > 0))
     return KR_EINVAL;
   *outlen = 0;
   size_t rem = len % 4;
@@ -100,8 +99,8 @@ int kr__b64url_decode(const char *in, size_t len, uint8_t *out, size_t outcap,
     while (padded % 4)
       chunk[padded++] = '=';
     size_t got = 0;
-    if (mbedtls_base64_decode(out + done, outcap - done, &got, chunk,
-                              padded) != 0)
+    if (mbedtls_base64_decode(out + done, outcap - done, &got, chunk, padded) !=
+        0)
       return KR_EINVAL;
     done += got;
     pos += n;
@@ -131,7 +130,7 @@ static json_t *load_object(const char *text, size_t len, int *rc) {
   json_t *v = json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
   if (v == NULL) {
     *rc = json_error_code(&err) == json_error_out_of_memory ? KR_ENOMEM
-                                                             : KR_EINVAL;
+                                                            : KR_EINVAL;
     return NULL;
   }
   if (!json_is_object(v)) {
@@ -147,13 +146,11 @@ static json_t *load_object(const char *text, size_t len, int *rc) {
  * place, the MAC is computed over the first two, then appended. On failure
  * nothing is left allocated and *out is NULL. */
 int kr__jwt_sign_hs256(const kr_mem *mem, const uint8_t *secret,
-                       size_t secret_len, const char *claims_json,
-                       char **out) {
+                       size_t secret_len, const char *claims_json, char **out) {
   if (out == NULL)
     return KR_EINVAL;
   *out = NULL;
-  if (secret == NULL || claims_json == NULL ||
-      secret_len < KR__JWT_MIN_SECRET)
+  if (secret == NULL || claims_json == NULL || secret_len < KR__JWT_MIN_SECRET)
     return KR_EINVAL;
   if (mem == NULL)
     mem = kr_mem_default();
@@ -213,9 +210,8 @@ fail_inval:
 /* Claims are built with jansson so strings are escaped correctly; the
  * serialization goes into a buffer from mem. */
 int kr__jwt_mint(const kr_mem *mem, const uint8_t *secret, size_t secret_len,
-                 const char *issuer, const char *audience,
-                 const char *subject, int64_t now_s, int64_t ttl_s,
-                 char **out) {
+                 const char *issuer, const char *audience, const char *subject,
+                 int64_t now_s, int64_t ttl_s, char **out) {
   if (out == NULL)
     return KR_EINVAL;
   *out = NULL;
@@ -301,8 +297,7 @@ static int string_is(const json_t *v, const char *s, size_t slen) {
 /* Time and audience checks on a verified payload. Returns 0 or KR_EAUTH
  * with *reason set. */
 static int check_claims(const json_t *claims, const char *audience,
-                        int64_t now_s, int64_t leeway_s,
-                        const char **reason) {
+                        int64_t now_s, int64_t leeway_s, const char **reason) {
   int64_t t;
   const json_t *v = json_object_get(claims, "exp");
   if (v == NULL) {
@@ -387,9 +382,9 @@ static int check_header(const uint8_t *text, size_t len, const char **reason) {
     *reason = "header alg is not HS256";
   else if (json_object_get(h, "crit") != NULL)
     *reason = "header has crit";
-  else if (typ != NULL && !(json_is_string(typ) &&
-                            json_string_length(typ) == 3 &&
-                            strcasecmp(json_string_value(typ), "JWT") == 0))
+  else if (typ != NULL &&
+           !(json_is_string(typ) && json_string_length(typ) == 3 &&
+             strcasecmp(json_string_value(typ), "JWT") == 0))
     *reason = "header typ is not JWT";
   else
     rc = 0;
@@ -401,9 +396,8 @@ static int check_header(const uint8_t *text, size_t len, const char **reason) {
  * stack; the only heap use is jansson's and mbedTLS's HMAC context. */
 int kr__jwt_verify_hs256(const uint8_t *secret, size_t secret_len,
                          const char *token, size_t token_len,
-                         const char *audience, int64_t now_s,
-                         int64_t leeway_s, json_t **claims_out,
-                         const char **reason) {
+                         const char *audience, int64_t now_s, int64_t leeway_s,
+                         json_t **claims_out, const char **reason) {
   const char *why = NULL;
   int rc;
   json_t *claims = NULL;
@@ -450,8 +444,8 @@ int kr__jwt_verify_hs256(const uint8_t *secret, size_t secret_len,
   rc = KR_EAUTH;
 
   uint8_t sig[HMAC_LEN];
-  int drc = kr__b64url_decode(d2 + 1, (size_t)(end - d2 - 1), sig,
-                              sizeof sig, &n);
+  int drc =
+      kr__b64url_decode(d2 + 1, (size_t)(end - d2 - 1), sig, sizeof sig, &n);
   if (drc == KR_EINVAL) {
     why = "signature is not valid base64url";
     goto out;
@@ -461,8 +455,7 @@ int kr__jwt_verify_hs256(const uint8_t *secret, size_t secret_len,
     goto out;
   }
   uint8_t mac[HMAC_LEN];
-  if (hmac_sha256(secret, secret_len, token, (size_t)(d2 - token), mac) !=
-      0) {
+  if (hmac_sha256(secret, secret_len, token, (size_t)(d2 - token), mac) != 0) {
     why = "out of memory";
     rc = KR_ENOMEM;
     goto out;
@@ -476,8 +469,8 @@ int kr__jwt_verify_hs256(const uint8_t *secret, size_t secret_len,
     goto out;
   }
 
-  if (kr__b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), buf, sizeof buf,
-                        &n) != 0) {
+  if (kr__b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), buf, sizeof buf, &n) !=
+      0) {
     why = "payload is not valid base64url";
     goto out;
   }

@@ -63,8 +63,7 @@ int kr__b64url_decode(const char *in, size_t len, uint8_t *out, size_t outcap,
  *   KR_ETOOBIG  the token would exceed KR__JWT_MAX_TOKEN
  *   KR_ENOMEM   allocation failed */
 int kr__jwt_sign_hs256(const kr_mem *mem, const uint8_t *secret,
-                       size_t secret_len, const char *claims_json,
-                       char **out);
+                       size_t secret_len, const char *claims_json, char **out);
 
 /* Builds the claims {"iss","aud","sub","iat","nbf","exp"} with iat = nbf =
  * now_s and exp = now_s + ttl_s (seconds since the epoch) and signs them
@@ -73,9 +72,8 @@ int kr__jwt_sign_hs256(const kr_mem *mem, const uint8_t *secret,
  * KR_EINVAL when audience is NULL, ttl_s <= 0 or now_s + ttl_s overflows.
  * *out is NULL on failure. */
 int kr__jwt_mint(const kr_mem *mem, const uint8_t *secret, size_t secret_len,
-                 const char *issuer, const char *audience,
-                 const char *subject, int64_t now_s, int64_t ttl_s,
-                 char **out);
+                 const char *issuer, const char *audience, const char *subject,
+                 int64_t now_s, int64_t ttl_s, char **out);
 
 /* Verifies an HS256 token token[0..token_len) (no terminator needed).
  *
@@ -105,8 +103,7 @@ int kr__jwt_mint(const kr_mem *mem, const uint8_t *secret, size_t secret_len,
  * thread-safe. */
 int kr__jwt_verify_hs256(const uint8_t *secret, size_t secret_len,
                          const char *token, size_t token_len,
-                         const char *audience, int64_t now_s,
-                         int64_t leeway_s, json_t **claims_out,
-                         const char **reason);
+                         const char *audience, int64_t now_s, int64_t leeway_s,
+                         json_t **claims_out, const char **reason);
 
 #endif

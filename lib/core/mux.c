@@ -308,6 +308,16 @@ static int emit(kr_mux *m, const uint8_t *frame, size_t len) {
   return 0;
 }
 
+/* A peer that keeps sending PINGs or RESETs while not reading our
+ * answers would grow the output without bound: past four output limits of
+ * pending output, answering frames fail the connection. */
+static int flood_check(kr_mux *m) {
+  if (kr__buf_pending(&m->out) > 4 * m->opt.output_limit)
+    return fail(m, KR_EPROTO, KR_CODE_PROTOCOL,
+                "peer floods control frames without reading the answers");
+  return 0;
+}
+
 static int emit_window(kr_mux *m, uint32_t sid, size_t inc) {
   uint8_t f[KR_FRAME_HEADER_SIZE + KR__WINDOW_LEN];
   return emit(m, f, kr__frame_window(f, sid, (uint32_t)inc));
@@ -591,6 +601,8 @@ static int on_hello_frame(kr_mux *m, const uint8_t *p, size_t len) {
 static int send_reset(kr_mux *m, uint32_t id, uint8_t flags, uint32_t code,
                       const char *reason) {
   uint8_t f[KR__CTRL_FRAME_MAX];
+  if (flood_check(m) < 0)
+    return m->failed;
   size_t rlen = reason ? strlen(reason) : 0;
   return emit(m, f, kr__frame_reset(f, id, flags, code, reason, rlen));
 }
@@ -708,6 +720,8 @@ static int on_ping_frame(kr_mux *m, const uint8_t *p, kr_time_us now) {
     return 0;
   }
   uint8_t f[KR_FRAME_HEADER_SIZE + KR__PING_LEN];
+  if (flood_check(m) < 0)
+    return m->failed;
   return emit(m, f, kr__frame_ping(f, KR__FLAG_ACK, p));
 }
 
@@ -934,7 +948,10 @@ int kr_mux_want_write(kr_mux *m) {
 }
 
 int kr_mux_want_read(const kr_mux *m) {
-  return !m->failed && kr__buf_pending(&m->out) < m->opt.output_limit;
+  /* Reading never waits for writing: a full-duplex peer whose output is
+   * blocked needs our input (its WINDOW frames) to unblock. Input is
+   * bounded by the windows; answers to control frames by flood_check(). */
+  return !m->failed;
 }
 
 int kr_mux_is_done(const kr_mux *m) {
@@ -1162,8 +1179,14 @@ int64_t kr_stream_write(kr_stream *s, const void *buf, size_t len) {
   }
   if (done == 0 && len > 0 && nomem)
     return KR_ENOMEM;
-  if (done < len)
+  if (done < len) {
     s->want_writable = 1;
+    /* Short because memory ran out while queue space is free: no flush
+     * will free space, so schedule the notification now; the retry gets
+     * KR_ENOMEM if memory is still short. */
+    if (nomem)
+      wlist_add(m, s);
+  }
   if (done == 0 && len > 0)
     return KR_EAGAIN;
   return (int64_t)done;

@@ -474,7 +474,9 @@ int kr__registry_add(kr__registry *r, int64_t agent_id,
     return KR_EINVAL;
   if (r->closing)
     return KR_ESTATE;
-  size_t len = strnlen(replica_name, KR__REPLICA_NAME_MAX + 1);
+  size_t len = 0; /* bounded: never reads past the limit */
+  while (len <= KR__REPLICA_NAME_MAX && replica_name[len] != '\0')
+    len++;
   if (len > KR__REPLICA_NAME_MAX)
     return KR_ETOOBIG;
 

@@ -23,7 +23,8 @@
  * Callbacks (waiter callbacks, the presence callback and the agent visitor)
  * may call every function of this header, including kr__registry_remove()
  * of the tunnel they were handed, kr__registry_wait(), kr__registry_cancel()
- * of other waiters and kr__registry_free(). A free requested inside a
+ * of other waiters and kr__registry_free() (only a nested
+ * kr__registry_foreach_agent() is refused). A free requested inside a
  * callback is deferred: no further callback fires, and the registry is
  * released when the outermost registry call returns. After
  * kr__registry_free() the registry must not be used, not even by the rest

@@ -33,7 +33,7 @@ size_t kr__hex_encode(const void *data, size_t len, char *out) {
  * data-dependent branches (comparisons become flag moves) so decoding a
  * stored hash takes the same time whatever its digits are. */
 static unsigned hex_nibble(unsigned char ch) {
-  unsigned d = (unsigned)ch - '0';            /* < 10 only for 0-9 */
+  unsigned d = (unsigned)ch - '0';           /* < 10 only for 0-9 */
   unsigned l = ((unsigned)ch | 0x20u) - 'a'; /* < 6 only for a-f, A-F */
   unsigned is_d = 0u - (unsigned)(d < 10u);
   unsigned is_l = 0u - (unsigned)(l < 6u);

@@ -32,8 +32,7 @@ size_t kr__hex_encode(const void *data, size_t len, char *out);
  * out[0..outlen) written, or KR_EINVAL (out is then unspecified, though
  * every byte of the input was still examined: the time taken does not depend
  * on where the first bad character is). */
-int kr__hex_decode(const char *hex, size_t hexlen, uint8_t *out,
-                   size_t outlen);
+int kr__hex_decode(const char *hex, size_t hexlen, uint8_t *out, size_t outlen);
 
 /* Returns 1 when a[0..n) equals b[0..n), otherwise 0. Reads all n bytes of
  * both every time (no early exit) through volatile pointers into a volatile

@@ -33,14 +33,20 @@ struct kr__token_table {
   unsigned bits;
 };
 
-static const kr__token_limits default_limits = {
-    KR__TOKEN_FILE_MAX_BYTES, KR__TOKEN_FILE_MAX_ENTRIES,
-    KR__TOKEN_FILE_MAX_LINE};
+static const kr__token_limits default_limits = {KR__TOKEN_FILE_MAX_BYTES,
+                                                KR__TOKEN_FILE_MAX_ENTRIES,
+                                                KR__TOKEN_FILE_MAX_LINE};
+
+#if defined(__GNUC__)
+#define PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
+#else
+#define PRINTF_LIKE(f, a)
+#endif
 
 /* err is optional; line 0 means "no line" (whole-file errors). */
-#if defined(__GNUC__)
-__attribute__((format(printf, 5, 6)))
-#endif
+static void set_err(char *err, size_t errlen, const char *name, size_t line,
+                    const char *fmt, ...) PRINTF_LIKE(5, 6);
+
 static void set_err(char *err, size_t errlen, const char *name, size_t line,
                     const char *fmt, ...) {
   if (err == NULL || errlen == 0)
@@ -55,7 +61,9 @@ static void set_err(char *err, size_t errlen, const char *name, size_t line,
   va_end(ap);
 }
 
-static int is_blank(char c) { return c == ' ' || c == '\t'; }
+static int is_blank(char c) {
+  return c == ' ' || c == '\t';
+}
 
 /* Strict positive decimal int64: digits only, no leading zero. Returns 0,
  * 1 (not such a number) or 2 (too large). */
@@ -114,8 +122,7 @@ static int add_entry(kr__token_table *t, const uint8_t *hash, int64_t id,
  * add), or an error with err set. */
 static int parse_line(kr__token_table *t, const char *line, size_t len,
                       const char *fname, size_t lineno,
-                      const kr__token_limits *lim, char *err,
-                      size_t errlen) {
+                      const kr__token_limits *lim, char *err, size_t errlen) {
   if (len > lim->max_line) {
     set_err(err, errlen, fname, lineno, "line is longer than %zu bytes",
             lim->max_line);
@@ -183,8 +190,7 @@ static int parse_line(kr__token_table *t, const char *line, size_t len,
   for (size_t i = p; i < len; i++) {
     unsigned char c = (unsigned char)line[i];
     if ((c < 0x20 && c != '\t') || c == 0x7f) {
-      set_err(err, errlen, fname, lineno,
-              "name contains a control character");
+      set_err(err, errlen, fname, lineno, "name contains a control character");
       return KR_ECONFIG;
     }
   }
@@ -234,8 +240,8 @@ static int build_index(kr__token_table *t, const char *fname, char *err,
     }
   }
   if (dup_line != 0) {
-    set_err(err, errlen, fname, dup_line,
-            "hash duplicates the one on line %zu", dup_first);
+    set_err(err, errlen, fname, dup_line, "hash duplicates the one on line %zu",
+            dup_first);
     return KR_ECONFIG;
   }
 
@@ -417,8 +423,7 @@ int kr__token_table_lookup_hash(const kr__token_table *t,
   /* Every candidate is compared in full; the match is selected with a mask
    * rather than a branch or an early exit. */
   for (size_t i = t->start[b]; i < t->start[b + 1]; i++) {
-    size_t eq = (size_t)kr__ct_equal(hash, t->entries[i].hash,
-                                     KR__SHA256_LEN);
+    size_t eq = (size_t)kr__ct_equal(hash, t->entries[i].hash, KR__SHA256_LEN);
     size_t m = (size_t)0 - eq;
     idx = (idx & ~m) | (i & m);
     found |= eq;

@@ -3,8 +3,8 @@
  *
  * kas stores no tokens, only their SHA-256 hashes, in a text file:
  *
- *   # AGENT_ID  SHA256_HEX_OF_TOKEN                                NAME
- *   17 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 prod cluster
+ *   # AGENT_ID  SHA256_HEX_OF_TOKEN  NAME
+ *   17 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 prod
  *
  * - one entry per line; fields separated by spaces or tabs;
  * - '#' starts a comment, on its own line or after an entry; blank lines

@@ -13,6 +13,7 @@
 #include "listener.h"
 #include "log.h"
 #include "transport_tcp.h"
+#include "transport_ws.h"
 
 struct kr__listener {
   struct evconnlistener *l;
@@ -21,6 +22,7 @@ struct kr__listener {
   int kind;
   int port;
   kr__tls_config *tls;
+  kr__ws_ctx *ws; /* ws:// and wss:// listeners */
   int handshake_ms;
   kr__accept_cb cb;
   void *ud;
@@ -40,6 +42,14 @@ static void accept_cb(struct evconnlistener *el, evutil_socket_t fd,
   if (l->scheme == KR__SCHEME_TLS) {
     rc = kr__tls_accept(l->base, fd, l->tls, l->handshake_ms,
                         &kr__transport_nop_cbs, NULL, &t);
+  } else if (l->scheme == KR__SCHEME_WS || l->scheme == KR__SCHEME_WSS) {
+    if (l->ws) {
+      rc = kr__ws_accept(l->ws, fd, l->handshake_ms, &kr__transport_nop_cbs,
+                         NULL, &t);
+    } else { /* wss:// without kr__listener_set_tls_files() */
+      evutil_closesocket(fd);
+      rc = KR_ETLS;
+    }
   } else {
     rc = kr__tcp_accept(l->base, fd, &kr__transport_nop_cbs, NULL, &t);
     open = 1;
@@ -61,7 +71,8 @@ static void error_cb(struct evconnlistener *el, void *arg) {
 int kr__listener_new(struct event_base *base, const kr__url *u, int kind,
                      kr__tls_config *cfg, int handshake_ms, kr__accept_cb cb,
                      void *ud, kr__listener **out, char *err, size_t errlen) {
-  if (u->scheme != KR__SCHEME_TCP && u->scheme != KR__SCHEME_TLS) {
+  if (u->scheme != KR__SCHEME_TCP && u->scheme != KR__SCHEME_TLS &&
+      u->scheme != KR__SCHEME_WS && u->scheme != KR__SCHEME_WSS) {
     snprintf(err, errlen, "listener scheme %s is not supported",
              kr__scheme_name(u->scheme));
     return KR_EADDR;
@@ -104,6 +115,13 @@ int kr__listener_new(struct event_base *base, const kr__url *u, int kind,
     return KR_EADDR;
   }
   evconnlistener_set_error_cb(l->l, error_cb);
+  if (u->scheme == KR__SCHEME_WS) {
+    int rc = kr__ws_ctx_new_server(base, NULL, NULL, &l->ws, err, errlen);
+    if (rc < 0) {
+      kr__listener_free(l);
+      return rc;
+    }
+  }
   struct sockaddr_storage ss;
   socklen_t sl = sizeof(ss);
   getsockname(evconnlistener_get_fd(l->l), (struct sockaddr *)&ss, &sl);
@@ -122,5 +140,19 @@ void kr__listener_free(kr__listener *l) {
   if (!l)
     return;
   evconnlistener_free(l->l);
+  kr__ws_ctx_free(l->ws);
   free(l);
+}
+
+int kr__listener_set_tls_files(kr__listener *l, const char *cert_file,
+                               const char *key_file, char *err,
+                               size_t errlen) {
+  if (l->scheme != KR__SCHEME_WSS || l->ws)
+    return 0;
+  if (!cert_file || !*cert_file || !key_file || !*key_file) {
+    snprintf(err, errlen, "a wss:// listener needs a certificate and key");
+    return KR_ECONFIG;
+  }
+  return kr__ws_ctx_new_server(l->base, cert_file, key_file, &l->ws, err,
+                               errlen);
 }

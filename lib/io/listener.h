@@ -21,9 +21,10 @@ typedef struct kr__listener kr__listener;
 typedef void (*kr__accept_cb)(kr__listener *l, kr__transport *t, int open,
                               const char *addr, void *ud);
 
-/* Binds u (tcp:// or tls://; tls needs cfg). handshake_ms bounds TLS
- * handshakes. Returns 0, KR_EADDR (resolve or bind failed, reason in err)
- * or KR_ENOMEM. */
+/* Binds u (tcp://, tls://, ws:// or wss://; tls needs cfg, wss the files
+ * of kr__listener_set_tls_files()). handshake_ms bounds TLS handshakes and
+ * WebSocket upgrades. Returns 0, KR_EADDR (resolve or bind failed, reason
+ * in err) or KR_ENOMEM. */
 int kr__listener_new(struct event_base *base, const kr__url *u, int kind,
                      kr__tls_config *cfg, int handshake_ms, kr__accept_cb cb,
                      void *ud, kr__listener **out, char *err, size_t errlen);
@@ -32,5 +33,13 @@ int kr__listener_kind(const kr__listener *l);
 /* Stops accepting (the socket stays bound until free). */
 void kr__listener_disable(kr__listener *l);
 void kr__listener_free(kr__listener *l);
+
+/* wss:// listeners: the certificate chain and key (PEM files) that
+ * libwebsockets loads; call once after kr__listener_new(). A no-op for
+ * other schemes. Returns 0, KR_ECONFIG (missing files) or KR_ETLS /
+ * KR_ENOMEM with a reason in err. */
+int kr__listener_set_tls_files(kr__listener *l, const char *cert_file,
+                               const char *key_file, char *err,
+                               size_t errlen);
 
 #endif

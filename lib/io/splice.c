@@ -257,6 +257,10 @@ int kr__splice_new(kr_stream *s, struct bufferevent *bev, int connected,
   kr_stream_set_user_data(s, sp);
   kr__stream_set_handler(s, &splice_handler);
   bufferevent_setcb(bev, bev_read, bev_write, bev_event, sp);
+  /* libevent moves 16 KiB per read or write call by default: far too
+   * little for bulk streams. */
+  bufferevent_set_max_single_read(bev, KR__IO_CHUNK);
+  bufferevent_set_max_single_write(bev, KR__IO_CHUNK);
   bufferevent_setwatermark(bev, EV_WRITE, SPLICE_LOW_WATER, 0);
   /* Never hold more than a window's worth of socket input unsent. */
   bufferevent_setwatermark(bev, EV_READ, 0, (size_t)256 << 10);

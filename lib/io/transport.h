@@ -56,6 +56,9 @@ struct kr__transport {
 #define KR__TRANSPORT_HIGH_WATER ((size_t)1 << 20)
 #define KR__TRANSPORT_LOW_WATER ((size_t)256 << 10)
 
+/* Bytes libevent may move in one socket read or write. */
+#define KR__IO_CHUNK ((size_t)256 << 10)
+
 /* Seconds close() waits for buffered output before giving up. */
 #define KR__TRANSPORT_CLOSE_TIMEOUT_S 5
 

@@ -146,6 +146,10 @@ static tcp_transport *tcp_new(struct event_base *base, evutil_socket_t fd,
   c->base.ud = ud;
   snprintf(c->base.peer, sizeof(c->base.peer), "?");
   bufferevent_setcb(c->bev, tcp_read_cb, tcp_write_cb, tcp_event_cb, c);
+  /* libevent moves 16 KiB per read or write call by default: far too
+   * little for bulk streams. */
+  bufferevent_set_max_single_read(c->bev, KR__IO_CHUNK);
+  bufferevent_set_max_single_write(c->bev, KR__IO_CHUNK);
   bufferevent_setwatermark(c->bev, EV_WRITE, KR__TRANSPORT_LOW_WATER, 0);
   bufferevent_enable(c->bev, EV_READ | EV_WRITE);
   return c;

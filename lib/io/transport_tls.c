@@ -239,6 +239,10 @@ static tls_transport *tls_new(struct event_base *base, evutil_socket_t fd,
   struct timeval tv = {c->handshake_ms / 1000, (c->handshake_ms % 1000) * 1000};
   bufferevent_set_timeouts(c->bev, &tv, &tv);
   bufferevent_setcb(c->bev, tls_read_cb, tls_write_cb, tls_event_cb, c);
+  /* libevent moves 16 KiB per read or write call by default: far too
+   * little for bulk streams. */
+  bufferevent_set_max_single_read(c->bev, KR__IO_CHUNK);
+  bufferevent_set_max_single_write(c->bev, KR__IO_CHUNK);
   bufferevent_setwatermark(c->bev, EV_WRITE, KR__TRANSPORT_LOW_WATER, 0);
   bufferevent_enable(c->bev, EV_READ | EV_WRITE);
   return c;

@@ -44,7 +44,8 @@ static int add_listen(kr_kas_options *o, const char *url, int kind) {
   char err[256];
   if (kr__url_parse(url, &u, err, sizeof(err)) < 0)
     return KR_EADDR;
-  if (u.scheme != KR__SCHEME_TCP && u.scheme != KR__SCHEME_TLS)
+  if (u.scheme != KR__SCHEME_TCP && u.scheme != KR__SCHEME_TLS &&
+      u.scheme != KR__SCHEME_WS && u.scheme != KR__SCHEME_WSS)
     return KR_EADDR;
   if (o->n_listen >= KR__KAS_MAX_LISTEN)
     return KR_ETOOBIG;
@@ -389,6 +390,9 @@ int kr_kas_new(kr_kas **out, struct event_base *base, const kr_kas_options *o,
                           hs_ms, on_accept, k, &k->listeners[i], err, errlen);
     if (rc == 0)
       k->n_listeners++;
+    if (rc == 0) /* wss:// loads the files into libwebsockets */
+      rc = kr__listener_set_tls_files(k->listeners[i], o->tls_cert, o->tls_key,
+                                      err, errlen);
   }
   if (rc < 0) {
     kr_kas_free(k);

@@ -105,6 +105,7 @@ static void pump(kr__conn *c) {
     c->t->ops->set_reading(c->t, kr_mux_want_read(c->mux));
     if (kr_mux_is_done(c->mux)) {
       c->closing = 1;
+      c->t->no_linger = !kr_mux_want_read(c->mux); /* mux failed */
       c->t->ops->close(c->t);
     }
   }

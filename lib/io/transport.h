@@ -36,7 +36,10 @@ typedef struct kr__transport_ops {
   size_t (*write)(kr__transport *t, const uint8_t *p, size_t n);
   /* Starts or stops reading from the socket (backpressure). */
   void (*set_reading)(kr__transport *t, int on);
-  /* Sends what is buffered, then closes; on_close(0) follows. */
+  /* Sends what is buffered, then closes: unless no_linger is set it sends
+   * FIN and reads (dropping the input) until the peer closes too, so that
+   * the peer's last frames are not answered with a reset; bounded by
+   * KR__TRANSPORT_CLOSE_TIMEOUT_S. on_close(0) follows. */
   void (*close)(kr__transport *t);
   /* Frees at once, closing the socket; no callback. */
   void (*free)(kr__transport *t);
@@ -48,6 +51,7 @@ struct kr__transport {
   kr__transport_cbs cb;
   void *ud;
   char peer[96]; /* "ip:port" of the other end, for logs */
+  int no_linger; /* close() after a failure: do not wait for the peer */
 };
 
 /* Output above which write() accepts nothing, and the mark below which

@@ -22,6 +22,7 @@ typedef struct tcp_transport {
   struct bufferevent *bev;
   int connecting;
   int closing; /* close() called: finish writing, then report */
+  int lingering; /* output flushed and FIN sent: discard input until EOF */
 } tcp_transport;
 
 static void tcp_free(kr__transport *t) {
@@ -41,8 +42,12 @@ static void tcp_read_cb(struct bufferevent *bev, void *arg) {
   tcp_transport *c = arg;
   struct evbuffer *in = bufferevent_get_input(bev);
   struct evbuffer_iovec v[16];
-  /* on_read may stop reading (set_reading) or close; deliver what is
-   * buffered anyway: it was already read from the socket. */
+  /* Lingering close: input is read and dropped so that the kernel does
+   * not answer the peer's last frames with a reset. */
+  if (c->closing) {
+    evbuffer_drain(in, evbuffer_get_length(in));
+    return;
+  }
   while (evbuffer_get_length(in) > 0 && !c->closing) {
     int n = evbuffer_peek(in, -1, NULL, v, 16);
     if (n > 16)
@@ -59,8 +64,17 @@ static void tcp_read_cb(struct bufferevent *bev, void *arg) {
 static void tcp_write_cb(struct bufferevent *bev, void *arg) {
   tcp_transport *c = arg;
   if (c->closing) {
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0 &&
+        c->base.no_linger) {
       tcp_report_close(c, 0, "closed");
+      return;
+    }
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0 &&
+        !c->lingering) {
+      c->lingering = 1;
+      shutdown(bufferevent_getfd(bev), SHUT_WR);
+      bufferevent_enable(bev, EV_READ);
+    }
     return;
   }
   c->base.cb.on_drain(&c->base, c->base.ud);
@@ -75,6 +89,10 @@ static void tcp_event_cb(struct bufferevent *bev, short what, void *arg) {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     kr__transport_set_peer(&c->base, fd);
     c->base.cb.on_open(&c->base, c->base.ud);
+    return;
+  }
+  if (c->lingering) {
+    tcp_report_close(c, 0, "closed");
     return;
   }
   if (what & BEV_EVENT_EOF) {
@@ -116,12 +134,12 @@ static void tcp_close(kr__transport *t) {
   if (c->closing)
     return;
   c->closing = 1;
-  bufferevent_disable(c->bev, EV_READ);
-  /* The write callback reports the close once the output is empty. */
+  /* Once the output is empty the write callback sends FIN and keeps
+   * reading until the peer's EOF (or reports at once after a failure). */
   bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
   /* A peer that stops reading cannot hold the close up for long. */
   struct timeval tv = {KR__TRANSPORT_CLOSE_TIMEOUT_S, 0};
-  bufferevent_set_timeouts(c->bev, NULL, &tv);
+  bufferevent_set_timeouts(c->bev, &tv, &tv);
   if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
     bufferevent_trigger(c->bev, EV_WRITE, BEV_TRIG_DEFER_CALLBACKS);
 }

@@ -29,6 +29,7 @@ typedef struct tls_transport {
   int handshake_done;
   int closing;
   int failed;
+  int lingering; /* output flushed and FIN sent: discard input until EOF */
   char fail_reason[160];
   int handshake_ms;
 } tls_transport;
@@ -101,6 +102,13 @@ static int handshake(tls_transport *c) {
 
 static void tls_read_cb(struct bufferevent *bev, void *arg) {
   tls_transport *c = arg;
+  if (c->closing) {
+    /* Lingering close: input is read and dropped so that the kernel does
+     * not answer the peer's last frames with a reset. */
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    return;
+  }
   if (!c->handshake_done) {
     if (handshake(c) <= 0)
       return;
@@ -129,8 +137,15 @@ static void tls_read_cb(struct bufferevent *bev, void *arg) {
 static void tls_write_cb(struct bufferevent *bev, void *arg) {
   tls_transport *c = arg;
   if (c->closing) {
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+    if (evbuffer_get_length(bufferevent_get_output(bev)) != 0)
+      return;
+    if (c->base.no_linger) {
       report_close(c, 0, "closed");
+    } else if (!c->lingering) {
+      c->lingering = 1;
+      shutdown(bufferevent_getfd(bev), SHUT_WR);
+      bufferevent_enable(bev, EV_READ);
+    }
     return;
   }
   if (c->handshake_done)
@@ -148,10 +163,13 @@ static void tls_event_cb(struct bufferevent *bev, short what, void *arg) {
     handshake(c); /* sends the ClientHello */
     return;
   }
-  if (c->failed) {
+  if (c->lingering) {
+    report_close(c, 0, "closed");
+  } else if (c->failed) {
     report_close(c, KR_ETLS, c->fail_reason);
   } else if (what & BEV_EVENT_TIMEOUT) {
-    report_close(c, KR_ETIMEDOUT, "TLS handshake timed out");
+    report_close(c, KR_ETIMEDOUT, c->closing ? "close timed out"
+                                             : "TLS handshake timed out");
   } else if (what & BEV_EVENT_EOF) {
     report_close(c, c->closing ? 0 : KR_EIO,
                  c->handshake_done ? "connection closed by peer"
@@ -198,11 +216,11 @@ static void tls_close(kr__transport *t) {
   c->closing = 1;
   if (c->handshake_done)
     mbedtls_ssl_close_notify(&c->ssl);
-  bufferevent_disable(c->bev, EV_READ);
   bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
-  /* A peer that stops reading cannot hold the close up for long. */
+  /* A peer that stops reading, or never closes, cannot hold the close up
+   * for long. */
   struct timeval tv = {KR__TRANSPORT_CLOSE_TIMEOUT_S, 0};
-  bufferevent_set_timeouts(c->bev, NULL, &tv);
+  bufferevent_set_timeouts(c->bev, &tv, &tv);
   if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
     bufferevent_trigger(c->bev, EV_WRITE, BEV_TRIG_DEFER_CALLBACKS);
 }

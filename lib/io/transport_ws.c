@@ -170,6 +170,7 @@ struct kr__ws_ctx {
   int free_pending;   /* kr__ws_ctx_free() came while depth > 0 */
   int destroying;     /* lws_context_destroy() is running */
   int tls, verify;
+  SSL_CTX *client_ssl; /* ours, handed to libwebsockets (see ssl_new) */
   ws_transport *kills; /* freed transports whose socket must be killed */
 };
 
@@ -178,16 +179,24 @@ struct ws_transport {
   kr__ws_ctx *x; /* NULL once the socket is gone */
   struct lws *wsi;
   evutil_socket_t fd;
-  struct event *rd, *wr, *timer;
+  /* One event for both directions: freeing it after libwebsockets closed
+   * the socket is then a plain delete, which libevent tolerates. */
+  struct event *ev, *timer;
+  /* Writes are tried at once, from the loop, as if the socket had
+   * reported writability; EV_WRITE is registered only while
+   * libwebsockets holds output the socket did not take. */
+  struct event *flush;
+  short ev_on; /* EV_READ / EV_WRITE registered now */
   kr__ws_txq q;
   kr__ws_rx rx;
   char *bearer; /* server: received; client: to send */
   size_t bearer_len;
   int handshake_ms;
-  int refs;       /* handlers of this module using the memory */
-  int peer_close; /* close status the peer sent, 0 if none */
+  int refs;            /* handlers of this module using the memory */
+  int peer_close;      /* close status the peer sent, 0 if none */
+  char cert_error[80]; /* why the server certificate was refused */
   unsigned client : 1, open : 1, dead : 1, setup : 1;
-  unsigned want_read : 1, rd_on : 1, rx_paused : 1;
+  unsigned want_read : 1, rd_want : 1, wr_want : 1, rx_paused : 1;
   unsigned want_writable : 1, poke : 1, want_drain : 1;
   unsigned closing : 1, reported : 1, freed : 1, kill_queued : 1;
   ws_transport *kill_next;
@@ -203,6 +212,8 @@ static void service_pending(kr__ws_ctx *x);
 static void ctx_enter(kr__ws_ctx *x) {
   x->depth++;
 }
+
+static void fd_cb(evutil_socket_t fd, short what, void *arg);
 
 static void kill_wsi(ws_transport *t);
 
@@ -296,15 +307,55 @@ static const struct lws_protocols ws_protocols[] = {
      .tx_packet_size = KR__WS_MSG_MAX + 16},
     {.name = NULL}};
 
+/* The client SSL_CTX of a TLS context. libwebsockets 4.1 would make it
+ * itself, but it finds its own bookkeeping through an OpenSSL ex_data
+ * index that every new context allocates afresh, so the SSL_CTX of any
+ * earlier context (with a whole CA store) is never freed. Made here and
+ * handed over as provided_client_ssl_ctx, it is freed with the context.
+ * load: load ca_file, or the system store when ca_file is NULL. */
+static int ssl_new(const char *ca_file, int load, SSL_CTX **out, char *err,
+                   size_t errlen) {
+  SSL_CTX *c = SSL_CTX_new(TLS_client_method());
+  if (!c) {
+    snprintf(err, errlen, "cannot create a TLS client context");
+    return KR_ENOMEM;
+  }
+  SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
+  SSL_CTX_set_options(c, SSL_OP_NO_COMPRESSION);
+  /* libwebsockets may retry a write from another address. */
+  SSL_CTX_set_mode(c, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                          SSL_MODE_RELEASE_BUFFERS);
+  if (load && (ca_file ? SSL_CTX_load_verify_locations(c, ca_file, NULL)
+                       : SSL_CTX_set_default_verify_paths(c)) != 1) {
+    ERR_clear_error();
+    SSL_CTX_free(c);
+    snprintf(err, errlen, "cannot load CA certificates from %.200s",
+             ca_file ? ca_file : "the system store");
+    return KR_ETLS;
+  }
+  *out = c;
+  return 0;
+}
+
+/* Makes the context (client_ssl: NULL or an SSL_CTX whose ownership
+ * passes, also on failure). */
 static int ctx_new(struct event_base *base,
-                   struct lws_context_creation_info *info, kr__ws_ctx **out,
-                   char *err, size_t errlen) {
+                   struct lws_context_creation_info *info, SSL_CTX *client_ssl,
+                   kr__ws_ctx **out, char *err, size_t errlen) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once(&once, log_once);
   kr__ws_ctx *x = calloc(1, sizeof(*x));
-  if (!x)
+  if (!x) {
+    if (client_ssl)
+      SSL_CTX_free(client_ssl);
     return KR_ENOMEM;
+  }
   x->base = base;
+  x->client_ssl = client_ssl;
+  if (client_ssl) {
+    info->options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+    info->provided_client_ssl_ctx = client_ssl;
+  }
   info->protocols = ws_protocols;
   info->gid = -1;
   info->uid = -1;
@@ -360,11 +411,13 @@ int kr__ws_ctx_new_server(struct event_base *base, const char *cert_file,
       snprintf(err, errlen, "cannot read the certificate or key for wss://");
       return KR_ETLS;
     }
-    info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
     info.ssl_cert_filepath = cert_file;
     info.ssl_private_key_filepath = key_file;
   }
-  int rc = ctx_new(base, &info, out, err, errlen);
+  SSL_CTX *c = NULL;
+  int rc = cert_file ? ssl_new(NULL, 0, &c, err, errlen) : 0;
+  if (rc == 0)
+    rc = ctx_new(base, &info, c, out, err, errlen);
   if (rc == 0)
     (*out)->tls = cert_file != NULL;
   return rc;
@@ -376,15 +429,10 @@ int kr__ws_ctx_new_client(struct event_base *base, int tls, const char *ca_file,
   struct lws_context_creation_info info;
   memset(&info, 0, sizeof(info));
   info.port = CONTEXT_PORT_NO_LISTEN;
-  if (tls) {
-    if (ca_file && !readable_file(ca_file)) {
-      snprintf(err, errlen, "cannot read the CA file %.200s", ca_file);
-      return KR_ETLS;
-    }
-    info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
-    info.client_ssl_ca_filepath = ca_file;
-  }
-  int rc = ctx_new(base, &info, out, err, errlen);
+  SSL_CTX *c = NULL;
+  int rc = tls ? ssl_new(ca_file, 1, &c, err, errlen) : 0;
+  if (rc == 0)
+    rc = ctx_new(base, &info, c, out, err, errlen);
   if (rc == 0) {
     (*out)->tls = tls ? 1 : 0;
     (*out)->verify = verify ? 1 : 0;
@@ -403,6 +451,8 @@ static void ctx_destroy(kr__ws_ctx *x) {
     event_free(x->tick);
   if (x->svc)
     event_free(x->svc);
+  if (x->client_ssl)
+    SSL_CTX_free(x->client_ssl);
   free(x);
 }
 
@@ -419,10 +469,10 @@ void kr__ws_ctx_free(kr__ws_ctx *x) {
 /* ============================================================ transports */
 
 static void release(ws_transport *t) {
-  if (t->rd)
-    event_free(t->rd);
-  if (t->wr)
-    event_free(t->wr);
+  if (t->ev)
+    event_free(t->ev);
+  if (t->flush)
+    event_free(t->flush);
   if (t->timer)
     event_free(t->timer);
   kr__ws_txq_free(&t->q);
@@ -454,22 +504,37 @@ static void report(ws_transport *t, int err, const char *why) {
   t->refs--;
 }
 
+/* Registers what rd_want / wr_want ask for (EV_WRITE stays registered
+ * while it keeps being wanted, so a busy sender costs no epoll changes). */
+static void update_ev(ws_transport *t) {
+  if (!t->ev)
+    return;
+  short want =
+      (short)((t->rd_want ? EV_READ : 0) | (t->wr_want ? EV_WRITE : 0));
+  if (want == t->ev_on)
+    return;
+  if (t->ev_on)
+    event_del(t->ev);
+  t->ev_on = want;
+  if (want) {
+    event_assign(t->ev, t->base.base, t->fd, want | EV_PERSIST, fd_cb, t);
+    event_add(t->ev, NULL);
+  }
+}
+
 static void arm_write(ws_transport *t) {
-  if (t->wr && t->wsi)
-    event_add(t->wr, NULL);
+  if (t->ev && t->wsi) {
+    t->wr_want = 1;
+    update_ev(t);
+  }
 }
 
 static void set_rd(ws_transport *t, int on) {
-  if (!t->rd || on == (int)t->rd_on)
-    return;
-  if (on)
-    event_add(t->rd, NULL);
-  else
-    event_del(t->rd);
-  t->rd_on = on ? 1 : 0;
+  t->rd_want = on ? 1 : 0;
+  update_ev(t);
 }
 
-/* Asks libwebsockets for a writeable callback and watches for it. */
+/* Asks for a writeable callback: flush_cb makes it from the loop. */
 static void request_writable(ws_transport *t) {
   if (!t->wsi || !t->open)
     return;
@@ -477,7 +542,8 @@ static void request_writable(ws_transport *t) {
     t->want_writable = 1;
     lws_callback_on_writable(t->wsi);
   }
-  arm_write(t);
+  if (t->flush)
+    event_active(t->flush, EV_TIMEOUT, 0);
 }
 
 /* Lets libwebsockets read again (needed to see a close or end of file). */
@@ -511,13 +577,14 @@ static void detach(ws_transport *t) {
   unqueue_kill(t);
   t->wsi = NULL;
   t->dead = 1;
-  if (t->rd) {
-    event_free(t->rd);
-    t->rd = NULL;
+  if (t->ev) {
+    event_free(t->ev);
+    t->ev = NULL;
+    t->ev_on = 0;
   }
-  if (t->wr) {
-    event_free(t->wr);
-    t->wr = NULL;
+  if (t->flush) {
+    event_free(t->flush);
+    t->flush = NULL;
   }
   if (x && !x->destroying)
     report(t, t->closing ? 0 : KR_EIO,
@@ -527,6 +594,19 @@ static void detach(ws_transport *t) {
     t->timer = NULL;
   }
   t->x = NULL;
+}
+
+/* After libwebsockets ran for t: wait for real writability while it
+ * holds unsent output (or a connect / close frame is pending); otherwise
+ * come back through flush_cb if a writeable callback is still wanted. */
+static void after_service(ws_transport *t) {
+  if (t->wsi && t->x && !t->x->destroying) {
+    int partial = lws_partial_buffered(t->wsi);
+    t->wr_want = partial || t->poke;
+    if (!partial && t->want_writable && t->flush)
+      event_active(t->flush, EV_TIMEOUT, 0);
+  }
+  update_ev(t);
 }
 
 static void fd_cb(evutil_socket_t fd, short what, void *arg) {
@@ -546,10 +626,30 @@ static void fd_cb(evutil_socket_t fd, short what, void *arg) {
   ctx_enter(x);
   lws_service_fd(x->lws, &pfd);
   service_pending(x);
-  /* Output libwebsockets kept (a partial send) waits for writability. */
-  if (t->wsi && !x->destroying &&
-      (t->want_writable || t->poke || lws_partial_buffered(t->wsi)))
-    arm_write(t);
+  after_service(t);
+  t->refs--;
+  maybe_release(t);
+  ctx_leave(x);
+}
+
+/* Makes the writeable callbacks t asked for without waiting for epoll: a
+ * few messages per pass, then yields to other events. */
+static void flush_cb(evutil_socket_t fd, short what, void *arg) {
+  ws_transport *t = arg;
+  kr__ws_ctx *x = t->x;
+  t->refs++;
+  ctx_enter(x);
+  for (int i = 0; i < 8 && t->wsi && !t->freed && t->want_writable &&
+                  !lws_partial_buffered(t->wsi);
+       i++) {
+    struct lws_pollfd pfd;
+    pfd.fd = t->fd;
+    pfd.events = LWS_POLLIN | LWS_POLLOUT;
+    pfd.revents = LWS_POLLOUT;
+    lws_service_fd(x->lws, &pfd);
+  }
+  service_pending(x);
+  after_service(t);
   t->refs--;
   maybe_release(t);
   ctx_leave(x);
@@ -698,9 +798,9 @@ static ws_transport *ws_new(kr__ws_ctx *x, int handshake_ms,
 
 static int bind_fd(ws_transport *t, evutil_socket_t fd) {
   t->fd = fd;
-  t->rd = event_new(t->x->base, fd, EV_READ | EV_PERSIST, fd_cb, t);
-  t->wr = event_new(t->x->base, fd, EV_WRITE, fd_cb, t);
-  return t->rd && t->wr ? 0 : KR_ENOMEM;
+  t->ev = event_new(t->x->base, fd, EV_READ | EV_PERSIST, fd_cb, t);
+  t->flush = event_new(t->x->base, -1, 0, flush_cb, t);
+  return t->ev && t->flush ? 0 : KR_ENOMEM;
 }
 
 int kr__ws_accept(kr__ws_ctx *x, evutil_socket_t fd, int handshake_ms,
@@ -905,9 +1005,10 @@ static int on_writeable(ws_transport *t, struct lws *wsi) {
       return -1;
     }
     kr__ws_txq_consume(&t->q, n);
-    if (t->q.scan > t->q.head) {
+    if (lws_partial_buffered(wsi))
+      arm_write(t); /* the socket is full: wait for it */
+    if (t->q.scan > t->q.head)
       request_writable(t);
-    }
   }
   if (t->closing) {
     if (t->q.scan > t->q.head)
@@ -975,6 +1076,19 @@ static int append_bearer(ws_transport *t, char **pp, size_t room) {
   return 0;
 }
 
+/* Keeps OpenSSL's reason for refusing the server certificate. */
+static void note_cert_error(ws_transport *t, void *store_ctx) {
+#if defined(LWS_WITH_TLS) && !defined(LWS_WITH_MBEDTLS)
+  int e = store_ctx ? X509_STORE_CTX_get_error(store_ctx) : 0;
+  if (e != 0) {
+    snprintf(t->cert_error, sizeof(t->cert_error), "%s",
+             X509_verify_cert_error_string(e));
+    return;
+  }
+#endif
+  snprintf(t->cert_error, sizeof(t->cert_error), "verification failed");
+}
+
 static void connect_failed(ws_transport *t, const char *in, size_t len) {
   char r[120];
   size_t n = in ? strnlen(in, len ? len : sizeof(r)) : 0;
@@ -983,10 +1097,14 @@ static void connect_failed(ws_transport *t, const char *in, size_t len) {
   memcpy(r, in ? in : "", n);
   r[n] = 0;
   r[strcspn(r, "\r\n")] = 0;
-  int tls = strstr(r, "cert") || strstr(r, "SSL") || strstr(r, "ssl") ||
-            strstr(r, "tls") || strstr(r, "TLS");
+  int tls = t->cert_error[0] || strstr(r, "cert") || strstr(r, "SSL") ||
+            strstr(r, "ssl") || strstr(r, "tls") || strstr(r, "TLS");
   char why[200];
-  if (tls && strstr(r, "cert"))
+  if (t->cert_error[0])
+    snprintf(why, sizeof(why),
+             "TLS handshake failed: server certificate refused (%s)",
+             t->cert_error);
+  else if (tls && strstr(r, "cert"))
     snprintf(why, sizeof(why),
              "TLS handshake failed: server certificate not accepted (%s)", r);
   else if (tls)
@@ -1050,6 +1168,11 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
     /* libwebsockets answers with a close frame when writable. */
     t->poke = 1;
     arm_write(t);
+    return 0;
+  case LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION:
+    /* user: the X509_STORE_CTX, len: OpenSSL's verdict so far. */
+    if (!len && !t->cert_error[0])
+      note_cert_error(t, user);
     return 0;
   case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
     connect_failed(t, in, len);

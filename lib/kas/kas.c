@@ -440,7 +440,7 @@ void kr_kas_free(kr_kas *k) {
 static int nth_port(const kr_kas *k, size_t i, int kind) {
   for (size_t j = 0; j < k->n_listeners; j++)
     if (k->opt.listen[j].kind == kind && i-- == 0)
-      return kr__listener_port(k->listeners[j]);
+      return k->listeners[j] ? kr__listener_port(k->listeners[j]) : KR_ESTATE;
   return KR_EINVAL;
 }
 
@@ -498,8 +498,12 @@ void kr_kas_drain(kr_kas *k, kr_time_us grace, kr_kas_drained_cb done,
   k->draining = 1;
   k->drained = done;
   k->drained_ud = ud;
-  for (size_t i = 0; i < k->n_listeners; i++)
-    kr__listener_disable(k->listeners[i]);
+  /* Close the listening sockets: a disabled listener would still let the
+   * kernel complete connections that nobody serves. */
+  for (size_t i = 0; i < k->n_listeners; i++) {
+    kr__listener_free(k->listeners[i]);
+    k->listeners[i] = NULL;
+  }
   k->drain_timer = event_new(k->base, -1, 0, drain_done_cb, k);
   struct timeval tv = {(time_t)(grace / 1000000u),
                        (suseconds_t)(grace % 1000000u)};

@@ -1,8 +1,9 @@
 /* A TCP echo upstream for system tests and benchmarks: listens on
  * 127.0.0.1 (port 0 = any), prints "port N" on stdout, echoes every
  * connection, half-closes after the client does. With --sink it discards
- * input instead and counts; with --source BYTES it sends BYTES of a
- * pattern to each connection and closes. Stops on SIGTERM. */
+ * input instead; with --source BYTES it sends BYTES of a pattern (byte i
+ * is (i * 31 + 7) & 0xff) to each connection, ignoring input, and closes.
+ * An optional numeric argument is the port. Stops on SIGTERM. */
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -15,6 +16,51 @@
 #include <sys/socket.h>
 
 static int sink;
+static long long source; /* --source BYTES: bytes to send per connection */
+
+/* --source: per-connection count of bytes still to produce. */
+typedef struct src_state {
+  long long left;
+  unsigned long long pos;
+} src_state;
+
+/* Tops the output up to 1 MiB with the next pattern bytes (byte i of a
+ * connection is (i * 31 + 7) & 0xff); closes once all went out. */
+static void source_fill(struct bufferevent *bev, src_state *st) {
+  struct evbuffer *out = bufferevent_get_output(bev);
+  unsigned char chunk[16384];
+  while (st->left > 0 && evbuffer_get_length(out) < (1 << 20)) {
+    size_t n = st->left < (long long)sizeof(chunk) ? (size_t)st->left
+                                                   : sizeof(chunk);
+    for (size_t i = 0; i < n; i++)
+      chunk[i] = (unsigned char)((st->pos + i) * 31 + 7);
+    evbuffer_add(out, chunk, n);
+    st->left -= (long long)n;
+    st->pos += n;
+  }
+}
+
+static void source_write_cb(struct bufferevent *bev, void *arg) {
+  src_state *st = arg;
+  if (st->left == 0 && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+    bufferevent_free(bev);
+    free(st);
+    return;
+  }
+  source_fill(bev, st);
+}
+
+static void source_read_cb(struct bufferevent *bev, void *arg) {
+  struct evbuffer *in = bufferevent_get_input(bev);
+  evbuffer_drain(in, evbuffer_get_length(in));
+}
+
+static void source_event_cb(struct bufferevent *bev, short what, void *arg) {
+  if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+    bufferevent_free(bev);
+    free(arg);
+  }
+}
 
 static void read_cb(struct bufferevent *bev, void *arg) {
   struct evbuffer *in = bufferevent_get_input(bev);
@@ -55,6 +101,20 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
   struct event_base *base = arg;
   struct bufferevent *bev =
       bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+  if (source > 0) {
+    src_state *st = calloc(1, sizeof(*st));
+    if (!st) {
+      bufferevent_free(bev);
+      return;
+    }
+    st->left = source;
+    bufferevent_setcb(bev, source_read_cb, source_write_cb, source_event_cb,
+                      st);
+    bufferevent_setwatermark(bev, EV_WRITE, 256 << 10, 0);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    source_fill(bev, st);
+    return;
+  }
   bufferevent_setcb(bev, read_cb, write_cb, event_cb, NULL);
   bufferevent_setwatermark(bev, EV_WRITE, 256 << 10, 0);
   bufferevent_enable(bev, EV_READ | EV_WRITE);
@@ -69,6 +129,8 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--sink") == 0)
       sink = 1;
+    else if (strcmp(argv[i], "--source") == 0 && i + 1 < argc)
+      source = atoll(argv[++i]);
     else
       port = atoi(argv[i]);
   }

@@ -129,6 +129,15 @@ static void enter(kr_mux *m) { m->depth++; }
 static void stream_free(kr_mux *m, kr_stream *s) {
   if (m->data_to == s)
     m->data_to = NULL;
+  /* A pending on_writable must not outlive the stream. */
+  if (s->in_wlist) {
+    kr_stream **pp = &m->wlist;
+    while (*pp && *pp != s)
+      pp = &(*pp)->wnext;
+    if (*pp)
+      *pp = s->wnext;
+    s->in_wlist = 0;
+  }
   if (s->all_prev)
     s->all_prev->all_next = s->all_next;
   else

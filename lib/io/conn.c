@@ -1,9 +1,12 @@
 /* Tunnel connection: a kr_mux over a transport (see conn.h). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include <kasroute/error.h>
+
+#include <kasroute/client.h>
 
 #include "conn.h"
 #include "core/mux_internal.h"
@@ -23,6 +26,8 @@ struct kr__conn {
   int depth;    /* inside our own callbacks */
   int free_pending;
   char peer[96]; /* kept past the transport, for logs */
+  int fail_err;          /* why the mux failed, if it did */
+  char fail_reason[300];
 };
 
 kr_time_us kr__now_us(void) {
@@ -157,6 +162,10 @@ static void t_close(kr__transport *t, int err, const char *why, void *ud) {
   c->t = NULL;
   event_del(c->timer_ev);
   event_del(c->pump_ev);
+  if (!err && c->fail_err) {
+    err = c->fail_err;
+    why = c->fail_reason;
+  }
   if (c->cb.on_closed)
     c->cb.on_closed(c, err, why, c->ud);
   conn_leave(c);
@@ -220,6 +229,13 @@ static void m_close(kr_stream *s, uint32_t code, const uint8_t *r, size_t rl,
 static void m_goaway(kr_mux *m, int remote, uint32_t code, const uint8_t *r,
                      size_t rl, void *ud) {
   kr__conn *c = ud;
+  /* Remember why this side ended the connection, for on_closed. */
+  if (!remote && code != KR_CODE_NO_ERROR && code != KR_CODE_SHUTDOWN &&
+      !c->fail_err) {
+    c->fail_err = kr_error_from_code(code);
+    snprintf(c->fail_reason, sizeof(c->fail_reason), "%s: %.*s",
+             kr_code_name(code), (int)rl, (const char *)r);
+  }
   if (remote && c->cb.on_goaway)
     c->cb.on_goaway(c, code, r, rl, c->ud);
 }

@@ -1,0 +1,312 @@
+/* Writes the seed corpora of the fuzz targets with the library's own codec:
+ *
+ *   build-fuzz/fuzz/make_corpus fuzz/corpus
+ *
+ * creates fuzz/corpus/fuzz_frame/ (single frames and payloads) and
+ * fuzz/corpus/fuzz_mux_recv/ (a configuration byte, a seed byte, then what a
+ * dialer sends after the HELLO prefix; see fuzz_common.h). Valid sequences
+ * of every frame type and a few malformed ones, each well under 4 KiB. The
+ * output is deterministic: rerunning it rewrites the same bytes.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fuzz_common.h"
+
+typedef struct seed {
+  uint8_t b[4096];
+  size_t n;
+} seed;
+
+static const char *g_dir;
+static int g_failed;
+
+static void seed_write(const char *target, const char *name, const seed *s) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/%s", g_dir, target);
+  if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+    perror(path);
+    g_failed = 1;
+    return;
+  }
+  snprintf(path, sizeof path, "%s/%s/%s", g_dir, target, name);
+  FILE *fp = fopen(path, "wb");
+  if (fp == NULL || fwrite(s->b, 1, s->n, fp) != s->n || fclose(fp) != 0) {
+    perror(path);
+    g_failed = 1;
+  }
+}
+
+static void put(seed *s, const void *p, size_t n) {
+  if (s->n + n > sizeof s->b) {
+    fprintf(stderr, "make_corpus: seed over 4 KiB\n");
+    exit(1);
+  }
+  memcpy(s->b + s->n, p, n);
+  s->n += n;
+}
+
+static void frame(seed *s, uint8_t type, uint8_t flags, uint32_t id,
+                  const void *payload, size_t len) {
+  uint8_t buf[4096];
+  if (len + KR_FRAME_HEADER_SIZE > sizeof buf)
+    exit(1);
+  put(s, buf, fz_frame(buf, type, flags, id, payload, len));
+}
+
+static void md_frame(seed *s, uint8_t type, uint8_t flags, uint32_t id,
+                     const kr_md *md, size_t n) {
+  uint8_t pl[2048];
+  size_t len = kr__md_size(md, n);
+  if (len == 0 || len > sizeof pl)
+    exit(1);
+  kr__md_encode(pl, md, n);
+  frame(s, type, flags, id, pl, len);
+}
+
+static void open_frame(seed *s, uint32_t id, int fin) {
+  static const kr_md md[] = {FZ_MD(":agent", "42"), FZ_MD(":service", "http"),
+                             FZ_MD(":method", "GET"), FZ_MD(":path", "/"),
+                             FZ_MD("accept", "*/*")};
+  md_frame(s, KR__FRAME_OPEN, fin ? KR__FLAG_FIN : 0, id, md, 5);
+}
+
+static void reply_frame(seed *s, uint32_t id, int fin) {
+  static const kr_md md[] = {FZ_MD(":status", "200"),
+                             FZ_MD("content-type", "text/plain")};
+  md_frame(s, KR__FRAME_REPLY, fin ? KR__FLAG_FIN : 0, id, md, 2);
+}
+
+static void data_frame(seed *s, uint32_t id, int fin, size_t len) {
+  uint8_t pl[4096];
+  if (len > sizeof pl)
+    exit(1);
+  for (size_t i = 0; i < len; i++)
+    pl[i] = (uint8_t)('a' + i % 26);
+  frame(s, KR__FRAME_DATA, fin ? KR__FLAG_FIN : 0, id, pl, len);
+}
+
+static void ctrl(seed *s, size_t n, const uint8_t *buf) {
+  put(s, buf, n);
+}
+
+static void reset_frame(seed *s, uint32_t id, int ack, uint32_t code,
+                        const char *reason) {
+  uint8_t buf[KR__CTRL_FRAME_MAX];
+  ctrl(s,
+       kr__frame_reset(buf, id, ack ? KR__FLAG_ACK : 0, code, reason,
+                       reason ? strlen(reason) : 0),
+       buf);
+}
+
+static void window_frame(seed *s, uint32_t id, uint32_t inc) {
+  uint8_t buf[KR__CTRL_FRAME_MAX];
+  ctrl(s, kr__frame_window(buf, id, inc), buf);
+}
+
+static void ping_frame(seed *s, int ack) {
+  static const uint8_t opaque[8] = {0, 0, 0, 0, 0, 0x0f, 0x42, 0x40};
+  uint8_t buf[KR__CTRL_FRAME_MAX];
+  ctrl(s, kr__frame_ping(buf, ack ? KR__FLAG_ACK : 0, opaque), buf);
+}
+
+static void goaway_frame(seed *s, uint32_t last, uint32_t code,
+                         const char *reason) {
+  uint8_t buf[KR__CTRL_FRAME_MAX];
+  ctrl(s,
+       kr__frame_goaway(buf, last, code, reason, reason ? strlen(reason) : 0),
+       buf);
+}
+
+static void hello(seed *s, uint8_t role, uint8_t min_v, uint8_t max_v,
+                  unsigned prefix_settings) {
+  static const kr_md md[] = {FZ_MD(":token", "secret-token"),
+                             FZ_MD(":name", "agent-replica-1")};
+  fz_prefix_settings ps = fz_prefix_settings_of(prefix_settings);
+  uint8_t buf[1024];
+  size_t n = fz_hello_frame(buf, sizeof buf, role, min_v, max_v, &ps, md, 2);
+  if (n == 0)
+    exit(1);
+  put(s, buf, n);
+}
+
+static seed *mux_seed(seed *s, uint8_t cfg, uint8_t gen_seed) {
+  s->n = 0;
+  put(s, &cfg, 1);
+  put(s, &gen_seed, 1);
+  return s;
+}
+
+static void frame_corpus(void) {
+  const char *t = "fuzz_frame";
+  seed s;
+
+  s.n = 0;
+  hello(&s, KR_ROLE_DIALER, 1, 1, FZ_PREFIX_SMALL);
+  seed_write(t, "hello_dialer", &s);
+  s.n = 0;
+  hello(&s, KR_ROLE_ACCEPTOR, 1, 3, FZ_PREFIX_META);
+  seed_write(t, "hello_acceptor_v1_3", &s);
+  s.n = 0;
+  open_frame(&s, 1, 0);
+  seed_write(t, "open", &s);
+  s.n = 0;
+  reply_frame(&s, 2, 1);
+  seed_write(t, "reply_fin", &s);
+  s.n = 0;
+  data_frame(&s, 3, 1, 100);
+  seed_write(t, "data_fin", &s);
+  s.n = 0;
+  reset_frame(&s, 5, 1, KR_CODE_CANCEL, "client went away");
+  seed_write(t, "reset_ack", &s);
+  s.n = 0;
+  window_frame(&s, 0, 1u << 20);
+  seed_write(t, "window", &s);
+  s.n = 0;
+  ping_frame(&s, 1);
+  seed_write(t, "ping_ack", &s);
+  s.n = 0;
+  goaway_frame(&s, 7, KR_CODE_SHUTDOWN, "restarting");
+  seed_write(t, "goaway", &s);
+
+  /* A bare metadata block with an empty value and binary bytes. */
+  static const kr_md md[] = {FZ_MD("a", ""), FZ_MD("bin", "\0\xff\x01")};
+  s.n = kr__md_size(md, 2);
+  kr__md_encode(s.b, md, 2);
+  seed_write(t, "md_block", &s);
+
+  /* Malformed: trailing byte after a metadata block. */
+  s.b[s.n++] = 0;
+  seed_write(t, "bad_md_trailing", &s);
+  /* Malformed: unknown type, reserved stream-id bit. */
+  static const uint8_t bad_hdr[] = {0, 0, 4, 9, 0, 0x80, 0, 0, 1, 1, 2, 3, 4};
+  s.n = 0;
+  put(&s, bad_hdr, sizeof bad_hdr);
+  seed_write(t, "bad_header", &s);
+}
+
+static void mux_corpus(void) {
+  const char *t = "fuzz_mux_recv";
+  const uint8_t chunk1 = 1u << FZ_CFG_CHUNK_SHIFT;
+  const uint8_t chunk2 = 2u << FZ_CFG_CHUNK_SHIFT;
+  const uint8_t chunk3 = 3u << FZ_CFG_CHUNK_SHIFT;
+  seed s;
+
+  /* A request with a body: OPEN, DATA, empty DATA+FIN. */
+  mux_seed(&s, FZ_PREFIX_DEFAULT, 1);
+  open_frame(&s, 1, 0);
+  data_frame(&s, 1, 0, 300);
+  data_frame(&s, 1, 1, 0);
+  seed_write(t, "open_data_fin", &s);
+
+  /* Byte-by-byte, small dialer limits: two streams, window updates. */
+  mux_seed(&s, FZ_PREFIX_SMALL | chunk1, 2);
+  open_frame(&s, 1, 0);
+  open_frame(&s, 3, 1);
+  data_frame(&s, 1, 0, 900);
+  window_frame(&s, 0, 5000);
+  window_frame(&s, 1, 100);
+  window_frame(&s, 3, 7);
+  ping_frame(&s, 0);
+  data_frame(&s, 1, 1, 50);
+  seed_write(t, "small_windows_bytewise", &s);
+
+  /* The acceptor opens stream 2; the dialer replies and sends data. */
+  mux_seed(&s, FZ_PREFIX_DEFAULT | FZ_CFG_OPEN | chunk2, 3);
+  reply_frame(&s, 2, 0);
+  window_frame(&s, 2, 65536);
+  data_frame(&s, 2, 0, 1000);
+  data_frame(&s, 2, 1, 10);
+  seed_write(t, "acceptor_opens_reply", &s);
+
+  /* Resets both ways, crossing resets and a stray ACK. */
+  mux_seed(&s, FZ_PREFIX_DEFAULT | FZ_CFG_HARSH | chunk3, 4);
+  open_frame(&s, 1, 0);
+  open_frame(&s, 3, 0);
+  data_frame(&s, 3, 0, 64);
+  reset_frame(&s, 1, 0, KR_CODE_CANCEL, "bye");
+  reset_frame(&s, 3, 1, KR_CODE_CANCEL, NULL);
+  reset_frame(&s, 3, 0, KR_CODE_INTERNAL, "late");
+  seed_write(t, "resets", &s);
+
+  /* GOAWAY from the dialer with streams open, then PING traffic. */
+  mux_seed(&s, FZ_PREFIX_META | FZ_CFG_OPEN, 5);
+  open_frame(&s, 1, 1);
+  goaway_frame(&s, 0, KR_CODE_SHUTDOWN, "going away");
+  ping_frame(&s, 0);
+  ping_frame(&s, 1);
+  data_frame(&s, 1, 0, 5); /* after FIN: a protocol error */
+  seed_write(t, "goaway_ping", &s);
+
+  /* The whole handshake in the input. */
+  mux_seed(&s, FZ_PREFIX_NONE | chunk2, 6);
+  hello(&s, KR_ROLE_DIALER, 1, 2, FZ_PREFIX_META);
+  open_frame(&s, 1, 0);
+  data_frame(&s, 1, 1, 200);
+  seed_write(t, "handshake_in_input", &s);
+
+  /* Bad handshakes: same role; no common version. */
+  mux_seed(&s, FZ_PREFIX_NONE, 7);
+  hello(&s, KR_ROLE_ACCEPTOR, 1, 1, FZ_PREFIX_DEFAULT);
+  seed_write(t, "bad_hello_role", &s);
+  mux_seed(&s, FZ_PREFIX_NONE | chunk1, 8);
+  hello(&s, KR_ROLE_DIALER, 2, 3, FZ_PREFIX_DEFAULT);
+  seed_write(t, "bad_hello_version", &s);
+
+  /* DATA over the acceptor's tiny stream window (1000): FLOW_CONTROL. */
+  mux_seed(&s, FZ_PREFIX_DEFAULT | FZ_CFG_TINY, 9);
+  open_frame(&s, 1, 0);
+  data_frame(&s, 1, 0, 800);
+  data_frame(&s, 1, 0, 800);
+  seed_write(t, "flow_control_violation", &s);
+
+  /* Nine streams over the limit of eight: STREAM_LIMIT. */
+  mux_seed(&s, FZ_PREFIX_SMALL | chunk3, 10);
+  for (uint32_t id = 1; id <= 17; id += 2)
+    open_frame(&s, id, 0);
+  seed_write(t, "stream_limit", &s);
+
+  /* Malformed frames: WINDOW with a flag, then an unknown type. */
+  mux_seed(&s, FZ_PREFIX_DEFAULT, 11);
+  static const uint8_t bad[] = {
+      0, 0, 4, KR__FRAME_WINDOW, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0x0a, 0, 0,
+      0, 0, 0};
+  put(&s, bad, sizeof bad);
+  seed_write(t, "bad_flags_unknown_type", &s);
+
+  /* A busy mix: many short streams, lazy draining, tiny windows. */
+  mux_seed(&s, FZ_PREFIX_DEFAULT | FZ_CFG_TINY | FZ_CFG_LAZY | chunk2, 12);
+  for (uint32_t id = 1; id <= 13; id += 2) {
+    open_frame(&s, id, id == 9);
+    if (id != 9)
+      data_frame(&s, id, 0, 100 + id * 10);
+    if (id > 5 && id - 4 != 9) {
+      window_frame(&s, id - 4, 2000);
+      data_frame(&s, id - 4, 1, 0);
+    }
+  }
+  window_frame(&s, 0, 100000);
+  seed_write(t, "busy_mix", &s);
+
+  /* The same traffic with an allocator that starts failing (seed 0xf0+). */
+  s.b[1] = 0xf4;
+  seed_write(t, "busy_mix_nomem", &s);
+}
+
+int main(int argc, char **argv) {
+  if (argc != 2) {
+    fprintf(stderr, "usage: %s CORPUS_DIR (e.g. fuzz/corpus)\n", argv[0]);
+    return 2;
+  }
+  g_dir = argv[1];
+  if (mkdir(g_dir, 0755) != 0 && errno != EEXIST) {
+    perror(g_dir);
+    return 1;
+  }
+  frame_corpus();
+  mux_corpus();
+  return g_failed;
+}

@@ -1,7 +1,6 @@
 /* kasctl — client tool: pipe stdin/stdout to an agent's service, forward a
  * local port, mint API tokens, hash agent tokens. */
 #include <errno.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <fcntl.h>
@@ -25,6 +24,7 @@
 #include "core/mux_internal.h"
 #include "core/sha256.h"
 #include "io/conn.h"
+#include "io/sock.h"
 #include "io/splice.h"
 #include "io/url.h"
 
@@ -251,10 +251,10 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
     evutil_closesocket(fd);
     return;
   }
-  evutil_make_socket_nonblocking(fd);
-  struct bufferevent *bev = bufferevent_socket_new(
-      c->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-  if (!bev || kr__splice_new(s, bev, 1, 0, f_close_cb, c, NULL) < 0) {
+  kr__sock *sock;
+  static const kr__sock_cbs no_cbs = {NULL, NULL, NULL, NULL, NULL};
+  if (kr__sock_new(c->base, fd, &no_cbs, NULL, &sock) < 0 ||
+      kr__splice_new(s, sock, 1, 0, f_close_cb, c, NULL) < 0) {
     kr_stream_reset(s, KR_CODE_INTERNAL, "out of memory");
     return;
   }

@@ -1,6 +1,5 @@
 /* The agent role: tunnel connections to kas and the services behind them
  * (kasroute/agent.h). */
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +14,7 @@
 #include "core/mux_internal.h"
 #include "io/conn.h"
 #include "io/log.h"
+#include "io/sock.h"
 #include "io/splice.h"
 #include "io/transport_tcp.h"
 #include "io/transport_tls.h"
@@ -221,24 +221,27 @@ static const agent_service *find_service(const kr_agent *a, const kr_md *md,
   return NULL;
 }
 
+/* Placeholder callbacks until the splice takes the socket over. */
+static const kr__sock_cbs no_sock_cbs = {NULL, NULL, NULL, NULL, NULL};
+
 static void tcp_service(kr_agent *a, const agent_service *sv, kr_stream *s,
                         int fin) {
-  struct bufferevent *bev = bufferevent_socket_new(
-      a->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-  if (!bev) {
-    kr_stream_reset(s, KR_CODE_INTERNAL, "out of memory");
+  kr__sock *sock;
+  int rc = kr__sock_connect(a->base, sv->url.host, sv->url.port, &no_sock_cbs,
+                            NULL, &sock);
+  if (rc < 0) {
+    kr_stream_reset(s, KR_CODE_UPSTREAM, rc == KR_EADDR
+                                             ? "cannot resolve the upstream"
+                                             : "out of memory");
     return;
   }
   kr__splice *sp;
-  if (kr__splice_new(s, bev, 0, 1, NULL, NULL, &sp) < 0) {
+  if (kr__splice_new(s, sock, 0, 1, NULL, NULL, &sp) < 0) {
     kr_stream_reset(s, KR_CODE_INTERNAL, "out of memory");
     return;
   }
   if (fin)
     kr__splice_peer_fin(sp);
-  /* A failure here reaches the splice as an error event (reset UPSTREAM). */
-  bufferevent_socket_connect_hostname(bev, NULL, AF_UNSPEC, sv->url.host,
-                                      sv->url.port);
 }
 
 static void on_stream(kr__conn *c, kr_stream *s, const kr_md *md, size_t n,

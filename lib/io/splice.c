@@ -1,12 +1,8 @@
 /* Stream <-> socket splice (see splice.h). */
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include <kasroute/error.h>
 
@@ -19,16 +15,16 @@
 
 struct kr__splice {
   kr_stream *s;
-  struct bufferevent *bev;
+  kr__sock *sock;
   kr__splice_done_cb done;
   void *ud;
-  size_t unconsumed;   /* stream bytes in the socket output, not consumed */
+  struct evbuffer *hold; /* socket bytes the stream refused (<= one read) */
+  size_t unconsumed;     /* stream bytes queued on the socket, unconsumed */
   int connected;
   int reply;
-  int stream_fin;      /* the stream sent FIN: shut the socket down after */
-  int socket_shut;     /* shutdown(SHUT_WR) done */
-  int socket_eof;      /* the socket reached EOF: FIN the stream */
-  int stream_closed;   /* the stream's on_close came */
+  int stream_fin;    /* the stream sent FIN: shut the socket down after */
+  int socket_eof;    /* the socket reached EOF: FIN the stream */
+  int stream_closed; /* the stream's on_close came */
   int finished;
   int busy; /* callbacks of this splice on the stack; free waits for 0 */
   uint64_t to_socket, to_stream;
@@ -36,13 +32,18 @@ struct kr__splice {
 
 static const kr__stream_handler splice_handler;
 
-static void splice_free(kr__splice *sp) {
+static void detach_stream(kr__splice *sp) {
   if (sp->s) {
     kr__stream_set_handler(sp->s, NULL);
     kr_stream_set_user_data(sp->s, NULL);
+    sp->s = NULL;
   }
-  if (sp->bev)
-    bufferevent_free(sp->bev);
+}
+
+static void splice_free(kr__splice *sp) {
+  detach_stream(sp);
+  kr__sock_free(sp->sock);
+  evbuffer_free(sp->hold);
   free(sp);
 }
 
@@ -61,18 +62,14 @@ static void finish(kr__splice *sp, int err, const char *why) {
   sp->finished = 1;
   if (sp->done)
     sp->done(sp, err, why, sp->ud);
-  if (sp->s) {
-    kr__stream_set_handler(sp->s, NULL);
-    kr_stream_set_user_data(sp->s, NULL);
-    sp->s = NULL;
-  }
+  detach_stream(sp);
   if (sp->busy == 0)
     splice_free(sp);
 }
 
 /* Returns credit for stream bytes the socket has sent. */
 static void give_credit(kr__splice *sp) {
-  size_t pending = evbuffer_get_length(bufferevent_get_output(sp->bev));
+  size_t pending = kr__sock_pending(sp->sock);
   if (sp->s && sp->unconsumed > pending) {
     kr_stream_consume(sp->s, sp->unconsumed - pending);
     sp->unconsumed = pending;
@@ -80,114 +77,103 @@ static void give_credit(kr__splice *sp) {
 }
 
 static void maybe_done(kr__splice *sp) {
-  if (sp->stream_closed && (sp->socket_shut || !sp->stream_fin) &&
-      evbuffer_get_length(bufferevent_get_output(sp->bev)) == 0)
+  if (sp->stream_closed && kr__sock_pending(sp->sock) == 0)
     finish(sp, 0, "done");
 }
 
-/* Moves socket input into the stream while it accepts. */
-static void pump_to_stream(kr__splice *sp) {
-  struct evbuffer *in = bufferevent_get_input(sp->bev);
-  while (sp->s && evbuffer_get_length(in) > 0) {
+/* Moves held socket bytes into the stream; resumes reading when all went. */
+static void pump_hold(kr__splice *sp) {
+  while (sp->s && evbuffer_get_length(sp->hold) > 0) {
     struct evbuffer_iovec v;
-    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+    if (evbuffer_peek(sp->hold, -1, NULL, &v, 1) < 1)
       break;
     int64_t w = kr_stream_write(sp->s, v.iov_base, v.iov_len);
-    if (w <= 0) {
-      if (w != KR_EAGAIN && w < 0) {
-        kr_stream_reset(sp->s, KR_CODE_INTERNAL, "stream write failed");
-        return;
-      }
-      break;
-    }
-    evbuffer_drain(in, (size_t)w);
+    if (w <= 0)
+      return; /* on_writable comes back here */
+    evbuffer_drain(sp->hold, (size_t)w);
     sp->to_stream += (uint64_t)w;
-    if ((size_t)w < v.iov_len)
-      break;
   }
-  if (evbuffer_get_length(in) > 0) {
-    bufferevent_disable(sp->bev, EV_READ); /* until on_writable */
+  if (!sp->s)
     return;
-  }
-  if (sp->socket_eof && sp->s) {
-    kr_stream_close_write(sp->s);
-  } else if (!sp->socket_eof) {
-    bufferevent_enable(sp->bev, EV_READ);
-  }
+  if (sp->socket_eof)
+    kr_stream_close_write(sp->s); /* may end the stream (and the splice) */
+  else
+    kr__sock_set_reading(sp->sock, 1);
 }
 
-static void bev_read(struct bufferevent *bev, void *arg) {
-  kr__splice *sp = arg;
+/* ------------------------------------------------------ socket callbacks */
+
+static void k_connect(kr__sock *sock, void *ud) {
+  kr__splice *sp = ud;
   enter(sp);
-  pump_to_stream(sp);
+  sp->connected = 1;
+  if (sp->reply && sp->s)
+    kr_stream_reply(sp->s, NULL, 0, 0);
+  if (sp->stream_fin)
+    kr__sock_shutdown_write(sock); /* FIN arrived while connecting */
   leave(sp);
 }
 
-static void on_output_drained(kr__splice *sp) {
-  struct bufferevent *bev = sp->bev;
+static void k_read(kr__sock *sock, const uint8_t *p, size_t n, void *ud) {
+  kr__splice *sp = ud;
+  if (!sp->s || sp->finished)
+    return;
+  enter(sp);
+  size_t done = 0;
+  if (evbuffer_get_length(sp->hold) == 0) {
+    int64_t w = kr_stream_write(sp->s, p, n);
+    if (w > 0)
+      done = (size_t)w;
+    else if (w < 0 && w != KR_EAGAIN)
+      kr_stream_reset(sp->s, KR_CODE_INTERNAL, "stream write failed");
+  }
+  sp->to_stream += done;
+  if (sp->s && done < n) {
+    /* The stream is full: keep the rest and stop reading until it drains. */
+    evbuffer_add(sp->hold, p + done, n - done);
+    kr__sock_set_reading(sock, 0);
+  }
+  leave(sp);
+}
+
+static void k_drain(kr__sock *sock, void *ud) {
+  kr__splice *sp = ud;
+  enter(sp);
   give_credit(sp);
-  if (sp->stream_fin && !sp->socket_shut &&
-      evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
-    shutdown(bufferevent_getfd(bev), SHUT_WR);
-    sp->socket_shut = 1;
-  }
+  if (kr__sock_pending(sock) > 0)
+    kr__sock_want_drain(sock, sp->stream_closed ? 0 : SPLICE_LOW_WATER);
   maybe_done(sp);
-}
-
-static void bev_write(struct bufferevent *bev, void *arg) {
-  kr__splice *sp = arg;
-  enter(sp);
-  on_output_drained(sp);
   leave(sp);
 }
 
-static void bev_event_in(kr__splice *sp, struct bufferevent *bev, short what);
-
-static void bev_event(struct bufferevent *bev, short what, void *arg) {
-  kr__splice *sp = arg;
+static void k_eof(kr__sock *sock, void *ud) {
+  kr__splice *sp = ud;
   enter(sp);
-  bev_event_in(sp, bev, what);
+  sp->socket_eof = 1;
+  if (sp->s && evbuffer_get_length(sp->hold) == 0)
+    kr_stream_close_write(sp->s);
   leave(sp);
 }
 
-static void bev_event_in(kr__splice *sp, struct bufferevent *bev, short what) {
-  if (what & BEV_EVENT_CONNECTED) {
-    sp->connected = 1;
-    int one = 1;
-    setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one,
-               sizeof(one));
-    if (sp->reply && sp->s) {
-      kr_stream_reply(sp->s, NULL, 0, 0);
-        pump_to_stream(sp);
-    }
-    if (sp->stream_fin)
-      on_output_drained(sp); /* FIN arrived while connecting */
-    return;
+static void k_error(kr__sock *sock, int err, const char *why, void *ud) {
+  kr__splice *sp = ud;
+  enter(sp);
+  char msg[200];
+  snprintf(msg, sizeof(msg), "%s%s",
+           sp->connected ? "upstream connection failed: "
+                         : "cannot connect to upstream: ",
+           why);
+  if (sp->s) {
+    kr_stream *s = sp->s;
+    detach_stream(sp);
+    kr_stream_reset(s, KR_CODE_UPSTREAM, msg);
   }
-  if (what & BEV_EVENT_EOF) {
-    sp->socket_eof = 1;
-    pump_to_stream(sp);
-    maybe_done(sp);
-    return;
-  }
-  if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
-    int e = EVUTIL_SOCKET_ERROR();
-    char why[160];
-    snprintf(why, sizeof(why), "%s: %s",
-             sp->connected ? "upstream connection failed"
-                           : "cannot connect to upstream",
-             e ? evutil_socket_error_to_string(e) : "unknown error");
-    if (sp->s) {
-      kr_stream *s = sp->s;
-      sp->s = NULL;
-      kr__stream_set_handler(s, NULL);
-      kr_stream_set_user_data(s, NULL);
-      kr_stream_reset(s, KR_CODE_UPSTREAM, why);
-      kr__conn_kick(kr__conn_of(s));
-    }
-    finish(sp, KR_EUPSTREAM, why);
-  }
+  finish(sp, KR_EUPSTREAM, msg);
+  leave(sp);
 }
+
+static const kr__sock_cbs splice_sock_cbs = {k_connect, k_read, k_drain, k_eof,
+                                             k_error};
 
 /* ------------------------------------------------------ stream callbacks */
 
@@ -195,27 +181,30 @@ static void s_data(kr_stream *s, const uint8_t *p, size_t n, void *ud) {
   kr__splice *sp = ud;
   if (sp->finished)
     return;
-  if (bufferevent_write(sp->bev, p, n) != 0) {
-    kr_stream_reset(s, KR_CODE_INTERNAL, "out of memory");
+  /* Credit-bounded: the window limits what can be queued here. */
+  size_t w = kr__sock_write(sp->sock, p, n, SIZE_MAX);
+  if (w < n) {
+    kr_stream_reset(s, KR_CODE_UPSTREAM, "upstream socket failed");
     return;
   }
   sp->unconsumed += n;
   sp->to_socket += n;
+  give_credit(sp);
+  if (kr__sock_pending(sp->sock) > 0)
+    kr__sock_want_drain(sp->sock, SPLICE_LOW_WATER);
 }
 
 static void s_fin(kr_stream *s, void *ud) {
   kr__splice *sp = ud;
-  enter(sp);
   sp->stream_fin = 1;
   if (sp->connected)
-    on_output_drained(sp);
-  leave(sp);
+    kr__sock_shutdown_write(sp->sock);
 }
 
 static void s_writable(kr_stream *s, void *ud) {
   kr__splice *sp = ud;
   enter(sp);
-  pump_to_stream(sp);
+  pump_hold(sp);
   leave(sp);
 }
 
@@ -230,8 +219,10 @@ static void s_close(kr_stream *s, uint32_t code, const uint8_t *reason,
     snprintf(why, sizeof(why), "stream reset (%s): %.*s", kr_code_name(code),
              (int)len, (const char *)reason);
     finish(sp, KR_ERESET, why);
+  } else if (kr__sock_pending(sp->sock) > 0) {
+    /* Clean end: let the socket flush first. */
+    kr__sock_want_drain(sp->sock, 0);
   } else {
-    /* Clean end: the socket side may still be flushing. */
     maybe_done(sp);
   }
   leave(sp);
@@ -240,54 +231,43 @@ static void s_close(kr_stream *s, uint32_t code, const uint8_t *reason,
 static const kr__stream_handler splice_handler = {NULL, s_data, s_fin,
                                                   s_writable, s_close};
 
-int kr__splice_new(kr_stream *s, struct bufferevent *bev, int connected,
-                   int reply, kr__splice_done_cb done, void *ud,
-                   kr__splice **out) {
+int kr__splice_new(kr_stream *s, kr__sock *sock, int connected, int reply,
+                   kr__splice_done_cb done, void *ud, kr__splice **out) {
   kr__splice *sp = calloc(1, sizeof(*sp));
-  if (!sp) {
-    bufferevent_free(bev);
+  if (!sp || !(sp->hold = evbuffer_new())) {
+    free(sp);
+    kr__sock_free(sock);
     return KR_ENOMEM;
   }
   sp->s = s;
-  sp->bev = bev;
+  sp->sock = sock;
   sp->done = done;
   sp->ud = ud;
   sp->connected = connected;
   sp->reply = reply;
   kr_stream_set_user_data(s, sp);
   kr__stream_set_handler(s, &splice_handler);
-  bufferevent_setcb(bev, bev_read, bev_write, bev_event, sp);
-  /* libevent moves 16 KiB per read or write call by default: far too
-   * little for bulk streams. */
-  bufferevent_set_max_single_read(bev, KR__IO_CHUNK);
-  bufferevent_set_max_single_write(bev, KR__IO_CHUNK);
-  bufferevent_setwatermark(bev, EV_WRITE, SPLICE_LOW_WATER, 0);
-  /* Never hold more than a window's worth of socket input unsent. */
-  bufferevent_setwatermark(bev, EV_READ, 0, (size_t)256 << 10);
-  bufferevent_enable(bev, EV_READ | EV_WRITE);
+  kr__sock_set_cbs(sock, &splice_sock_cbs, sp);
   if (out)
     *out = sp;
   return 0;
 }
 
 void kr__splice_peer_fin(kr__splice *sp) {
-  enter(sp);
   sp->stream_fin = 1;
   if (sp->connected)
-    on_output_drained(sp);
-  leave(sp);
+    kr__sock_shutdown_write(sp->sock);
 }
 
 void kr__splice_abort(kr__splice *sp, uint32_t code, const char *reason) {
   if (sp->s) {
     kr_stream *s = sp->s;
-    sp->s = NULL;
-    kr__stream_set_handler(s, NULL);
-    kr_stream_set_user_data(s, NULL);
+    detach_stream(sp);
     kr_stream_reset(s, code, reason);
   }
   sp->finished = 1;
-  splice_free(sp);
+  if (sp->busy == 0)
+    splice_free(sp);
 }
 
 uint64_t kr__splice_bytes_to_socket(const kr__splice *sp) { return sp->to_socket; }

@@ -1,4 +1,4 @@
-/* Splices a mux stream with a socket bufferevent, both directions, with
+/* Splices a mux stream with a socket (kr__sock), both directions, with
  * backpressure. Internal; used by the agent's tcp services and by kasctl.
  *
  *   stream -> socket: bytes go into the socket's output buffer and are
@@ -13,9 +13,10 @@
 #ifndef KR_IO_SPLICE_H
 #define KR_IO_SPLICE_H
 
-#include <event2/bufferevent.h>
 
 #include <kasroute/mux.h>
+
+#include "sock.h"
 
 typedef struct kr__splice kr__splice;
 
@@ -24,15 +25,14 @@ typedef struct kr__splice kr__splice;
 typedef void (*kr__splice_done_cb)(kr__splice *sp, int err, const char *why,
                                    void *ud);
 
-/* Takes ownership of bev (freed with the splice) and attaches itself to s
- * as handler and user data. connected: bev is connected already; else the
- * splice waits for BEV_EVENT_CONNECTED and, if reply is set, answers the
- * stream (kr_stream_reply with no metadata) once connected, or resets it
- * with KR_CODE_UPSTREAM if the connect fails. Returns 0 or KR_ENOMEM
- * (bev freed, stream untouched). */
-int kr__splice_new(kr_stream *s, struct bufferevent *bev, int connected,
-                   int reply, kr__splice_done_cb done, void *ud,
-                   kr__splice **out);
+/* Takes ownership of sock (freed with the splice; the splice takes over its
+ * callbacks) and attaches itself to s as handler and user data.
+ * connected: sock is connected already; else the splice waits for its
+ * connect and, if reply is set, answers the stream (kr_stream_reply with
+ * no metadata) once connected, or resets it with KR_CODE_UPSTREAM if the
+ * connect fails. Returns 0 or KR_ENOMEM (sock freed, stream untouched). */
+int kr__splice_new(kr_stream *s, kr__sock *sock, int connected, int reply,
+                   kr__splice_done_cb done, void *ud, kr__splice **out);
 
 /* The stream's peer sent no data at all (its OPEN carried FIN): shut the
  * socket's sending side once connected. */

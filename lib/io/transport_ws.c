@@ -198,6 +198,11 @@ struct ws_transport {
   unsigned client : 1, open : 1, dead : 1, setup : 1;
   unsigned want_read : 1, rd_want : 1, wr_want : 1, rx_paused : 1;
   unsigned want_writable : 1, poke : 1, want_drain : 1;
+  /* flush_cb found libwebsockets unwilling to call back (a closing
+   * state): the one-second service pass takes over. */
+  unsigned stalled : 1;
+  unsigned kick_rd : 1; /* serve input held while paused (flush_cb) */
+  unsigned writeables;  /* writeable callbacks made, for flush_cb */
   unsigned closing : 1, reported : 1, freed : 1, kill_queued : 1;
   ws_transport *kill_next;
 };
@@ -540,9 +545,10 @@ static void request_writable(ws_transport *t) {
     return;
   if (!t->want_writable) {
     t->want_writable = 1;
+    t->stalled = 0;
     lws_callback_on_writable(t->wsi);
   }
-  if (t->flush)
+  if (t->flush && !t->stalled)
     event_active(t->flush, EV_TIMEOUT, 0);
 }
 
@@ -565,9 +571,8 @@ static void kill_wsi(ws_transport *t) {
   lws_set_timeout(t->wsi, PENDING_TIMEOUT_KILLED_BY_PARENT, LWS_TO_KILL_SYNC);
   t->refs--;
   /* A server socket may linger until the peer's end of file (bounded by
-   * the context's timeout_secs); its events stay until WSI_DESTROY. */
-  if (!maybe_release(t) && t->wsi)
-    arm_write(t);
+   * the context's timeout_secs), still read, until WSI_DESTROY. */
+  maybe_release(t);
   ctx_leave(x);
 }
 
@@ -603,7 +608,7 @@ static void after_service(ws_transport *t) {
   if (t->wsi && t->x && !t->x->destroying) {
     int partial = lws_partial_buffered(t->wsi);
     t->wr_want = partial || t->poke;
-    if (!partial && t->want_writable && t->flush)
+    if (!partial && t->want_writable && !t->stalled && t->flush)
       event_active(t->flush, EV_TIMEOUT, 0);
   }
   update_ev(t);
@@ -632,21 +637,33 @@ static void fd_cb(evutil_socket_t fd, short what, void *arg) {
   ctx_leave(x);
 }
 
-/* Makes the writeable callbacks t asked for without waiting for epoll: a
- * few messages per pass, then yields to other events. */
+/* Makes the writeable callbacks t asked for without waiting for epoll
+ * (a few messages per pass, then yields to other events), and serves
+ * input libwebsockets held while reading was paused (it drains that
+ * before it reads the socket again). */
 static void flush_cb(evutil_socket_t fd, short what, void *arg) {
   ws_transport *t = arg;
   kr__ws_ctx *x = t->x;
+  struct lws_pollfd pfd;
+  pfd.fd = t->fd;
+  pfd.events = LWS_POLLIN | LWS_POLLOUT;
   t->refs++;
   ctx_enter(x);
+  if (t->kick_rd && t->wsi && !t->freed) {
+    t->kick_rd = 0;
+    pfd.revents = LWS_POLLIN;
+    lws_service_fd(x->lws, &pfd);
+  }
   for (int i = 0; i < 8 && t->wsi && !t->freed && t->want_writable &&
                   !lws_partial_buffered(t->wsi);
        i++) {
-    struct lws_pollfd pfd;
-    pfd.fd = t->fd;
-    pfd.events = LWS_POLLIN | LWS_POLLOUT;
+    unsigned before = t->writeables;
     pfd.revents = LWS_POLLOUT;
     lws_service_fd(x->lws, &pfd);
+    if (t->writeables == before && t->want_writable) {
+      t->stalled = 1;
+      break;
+    }
   }
   service_pending(x);
   after_service(t);
@@ -706,8 +723,10 @@ static void ws_set_reading(kr__transport *bt, int on) {
     if (t->rx_paused) {
       t->rx_paused = 0;
       lws_rx_flow_control(t->wsi, 1);
-      /* Input held back while paused is served by a service pass. */
-      event_active(t->x->svc, EV_TIMEOUT, 0);
+      /* Input held back while paused is served from the loop. */
+      t->kick_rd = 1;
+      if (t->flush)
+        event_active(t->flush, EV_TIMEOUT, 0);
     }
     set_rd(t, 1);
   } else {
@@ -997,6 +1016,8 @@ static int on_receive(ws_transport *t, struct lws *wsi, const uint8_t *in,
 
 static int on_writeable(ws_transport *t, struct lws *wsi) {
   t->want_writable = 0;
+  t->stalled = 0;
+  t->writeables++;
   uint8_t *p;
   size_t n = kr__ws_txq_next(&t->q, KR__WS_MSG_MAX, &p);
   if (n > 0) {

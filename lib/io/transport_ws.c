@@ -120,7 +120,7 @@ void kr__ws_txq_consume(kr__ws_txq *q, size_t n) {
   if (q->head == q->tail) {
     q->head = q->scan = q->tail = q->pre;
     /* An idle connection does not keep a burst's worth of memory. */
-    if (q->cap > ((size_t)64 << 20)) {
+    if (q->cap > KR__TRANSPORT_LOW_WATER) {
       free(q->buf);
       q->buf = NULL;
       q->cap = 0;

@@ -18,6 +18,7 @@
 #include "io/conn.h"
 #include "io/listener.h"
 #include "io/log.h"
+#include "io/transport_ws.h"
 #include "io/url.h"
 #include "kas/relay.h"
 #include "kas/kas_internal.h"
@@ -183,9 +184,16 @@ static void agent_ready(kas_conn *kc, const kr_md *md, size_t n) {
   const kr_md *name = md_find(md, n, KR_MD_NAME);
   int64_t agent_id = 0;
   const char *label = NULL;
-  if (!tok || kr__token_table_lookup(k->tokens, (const char *)tok->value,
-                                     tok->value_len, &agent_id, &label) < 0) {
-    refuse(kc, "agent token", tok ? "unknown token" : "no token presented");
+  /* The token comes in HELLO, or as "Authorization: Bearer" on the
+   * WebSocket upgrade. */
+  const char *token = tok ? (const char *)tok->value : NULL;
+  size_t token_len = tok ? tok->value_len : 0;
+  kr__transport *t = kr__conn_transport(kc->conn);
+  if (!token && t && kr__transport_is_ws(t))
+    token = kr__ws_bearer(t, &token_len);
+  if (!token || kr__token_table_lookup(k->tokens, token, token_len, &agent_id,
+                                       &label) < 0) {
+    refuse(kc, "agent token", token ? "unknown token" : "no token presented");
     return;
   }
   size_t nl = name ? name->value_len : 0;

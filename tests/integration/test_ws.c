@@ -31,6 +31,7 @@
 #include "core/frame.h"
 #include "echo_client.h"
 #include "harness.h"
+#include "io/conn.h"
 #include "io/transport_ws.h"
 #include "io/url.h"
 
@@ -689,6 +690,51 @@ START_TEST(ws_agent_reconnects) {
 }
 END_TEST
 
+/* An agent may present its token only as "Authorization: Bearer" on the
+ * upgrade, with no ":token" in its HELLO: kas takes it from there. */
+static void bare_closed(kr__conn *c, int err, const char *why, void *ud) {}
+static const kr__conn_cbs bare_cbs = {NULL, NULL, NULL, bare_closed};
+
+static void bearer_case(const char *token, int expect_registered) {
+  kr__ws_ctx *x;
+  char err[256];
+  ck_assert_int_eq(
+      kr__ws_ctx_new_client(env.base, 0, NULL, 1, &x, err, sizeof(err)), 0);
+  kr__url u;
+  ck_assert_int_eq(kr__url_parse(agent_url, &u, err, sizeof(err)), 0);
+  kr__transport *t;
+  ck_assert_int_eq(kr__ws_connect(x, &u, token, strlen(token), 2000,
+                                  &kr__transport_nop_cbs, NULL, &t), 0);
+  kr_mux_options *mo;
+  kr_mux_options_new(&mo);
+  kr_md name = {(const uint8_t *)KR_MD_NAME, strlen(KR_MD_NAME),
+                (const uint8_t *)"bearer-only", 11};
+  kr_mux_options_add_hello(mo, &name);
+  kr__conn *c;
+  ck_assert_int_eq(kr__conn_new(env.base, t, 0, mo, &bare_cbs, NULL, &c), 0);
+  kr_mux_options_free(mo);
+  if (expect_registered) {
+    ck_assert_msg(th_run_cond(&env, agent_registered, NULL, 10000),
+                  "a bearer-only agent did not register");
+  } else {
+    th_run_cond(&env, never, NULL, 500);
+    ck_assert_uint_eq(kr_kas_agent_count(kas), 0);
+    ck_assert_uint_ge(kr_kas_stat_get(kas, KR_KAS_STAT_AUTH_FAILURES), 1);
+  }
+  kr__conn_free(c);
+  kr__ws_ctx_free(x);
+}
+
+START_TEST(ws_bearer_only_agent) {
+  bearer_case(TH_AGENT_TOKEN, 1);
+}
+END_TEST
+
+START_TEST(ws_bearer_wrong_token) {
+  bearer_case("not-the-token", 0);
+}
+END_TEST
+
 START_TEST(ws_refused_connection) {
   /* Nothing listens there: the client hears an error, not a hang. */
   char url[64];
@@ -1032,6 +1078,8 @@ int main(void) {
   tcase_add_test(tc, ws_bad_agent_token);
   tcase_add_test(tc, ws_agent_reconnects);
   tcase_add_test(tc, ws_refused_connection);
+  tcase_add_test(tc, ws_bearer_only_agent);
+  tcase_add_test(tc, ws_bearer_wrong_token);
   tcase_add_test(tc, ws_throughput_upload);
   tcase_add_test(tc, ws_throughput_download);
   suite_add_tcase(s, tc);

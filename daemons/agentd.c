@@ -19,8 +19,9 @@ static const char usage[] =
     "\n"
     "The agent: keeps tunnels open to kas and serves its services.\n"
     "\n"
-    "  --kas URL                 kas agent listener: tcp://HOST:PORT or\n"
-    "                            tls://HOST:PORT\n"
+    "  --kas URL                 kas agent listener: tcp://HOST:PORT,\n"
+    "                            tls://HOST:PORT, ws://HOST:PORT/PATH or\n"
+    "                            wss://HOST:PORT/PATH\n"
     "  --token-file FILE         the agent token\n"
     "  --service NAME=URL        a service; URL tcp://HOST:PORT (repeatable)\n"
     "  --connections N           tunnel connections to keep (2)\n"
@@ -117,8 +118,8 @@ int main(int argc, char **argv) {
     switch (c) {
     case OPT_KAS:
       if (kr_agent_options_set_kas_url(o, optarg) < 0)
-        rc = die("invalid --kas URL \"%s\" (use tcp://HOST:PORT or "
-                 "tls://HOST:PORT)%s", optarg, "");
+        rc = die("invalid --kas URL \"%s\" (use tcp://, tls://, ws:// "
+                 "or wss://HOST:PORT)%s", optarg, "");
       have_kas = 1;
       break;
     case OPT_TOKEN:

@@ -41,7 +41,7 @@ static const char usage[] =
     "            kasd token file\n"
     "\n"
     "Options for pipe and forward:\n"
-    "  --kas URL               kas API listener (tcp:// or tls://)\n"
+    "  --kas URL               kas API listener (tcp://, tls://, ws://, wss://)\n"
     "  --token-file FILE       API JWT to present, or\n"
     "  --secret-file FILE      API secret to mint a short-lived JWT from\n"
     "  --agent ID              target agent id\n"

@@ -20,15 +20,16 @@ static const char usage[] =
     "The kas server: agents dial in and keep tunnels open; API clients open\n"
     "streams to an agent's services through it.\n"
     "\n"
-    "  --agent-listen URL        where agents connect: tcp://HOST:PORT or\n"
-    "                            tls://HOST:PORT (repeatable)\n"
+    "  --agent-listen URL        where agents connect: tcp://HOST:PORT,\n"
+    "                            tls://HOST:PORT, ws://HOST:PORT/PATH or\n"
+    "                            wss://HOST:PORT/PATH (repeatable)\n"
     "  --api-listen URL          where API clients connect (repeatable)\n"
     "  --agent-tokens FILE       agent token file: lines \"AGENT_ID SHA256_HEX NAME\"\n"
     "                            (re-read on SIGHUP)\n"
     "  --api-secret-file FILE    secret (>= 32 bytes) for API JWTs (HS256,\n"
     "                            audience gitlab-kas)\n"
-    "  --tls-cert FILE           certificate chain (PEM) for tls:// listeners\n"
-    "  --tls-key FILE            private key (PEM) for tls:// listeners\n"
+    "  --tls-cert FILE           certificate chain (PEM) for tls:// and wss://\n"
+    "  --tls-key FILE            private key (PEM) for tls:// and wss://\n"
     "  --route-timeout SECONDS   how long a stream waits for its agent (20)\n"
     "  --keepalive SECONDS       idle time before a PING (15); a peer silent\n"
     "                            for 3x this is dropped\n"
@@ -136,8 +137,8 @@ int main(int argc, char **argv) {
     case OPT_API_LISTEN:
       if ((c == OPT_AGENT_LISTEN ? kr_kas_options_add_agent_listen(o, optarg)
                                  : kr_kas_options_add_api_listen(o, optarg)) < 0)
-        rc = die("invalid listen URL \"%s\" (use tcp://HOST:PORT or "
-                 "tls://HOST:PORT)%s", optarg, "");
+        rc = die("invalid listen URL \"%s\" (use tcp://, tls://, ws:// "
+                 "or wss://HOST:PORT)%s", optarg, "");
       break;
     case OPT_TOKENS:
       kr_kas_options_set_agent_tokens_file(o, optarg);

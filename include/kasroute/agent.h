@@ -1,7 +1,8 @@
 /* libkasroute — the agent role (what agentd runs).
  *
- * A kr_agent keeps N tunnel connections dialed out to kas (tcp:// or
- * tls://), authenticates with its token, and serves the streams kas opens
+ * A kr_agent keeps N tunnel connections dialed out to kas (tcp://, tls://,
+ * ws:// or wss://), authenticates with its token (in HELLO, and on
+ * WebSocket also as "Authorization: Bearer"), and serves the streams kas opens
  * by ":service" name. Built-in services: tcp://host:port (bytes piped to
  * the target). Connections are re-dialled with full-jitter exponential
  * backoff (1 s doubling up to 30 s, reset after 60 s of stable
@@ -26,8 +27,9 @@ typedef struct kr_agent_options kr_agent_options;
 KR_API int kr_agent_options_new(kr_agent_options **out);
 KR_API void kr_agent_options_free(kr_agent_options *o);
 
-/* kas agent listener: tcp://host:port or tls://host:port. Required.
- * KR_EADDR for other forms. */
+/* kas agent listener: tcp://host:port, tls://host:port,
+ * ws://host:port/path or wss://host:port/path. Required. KR_EADDR for other
+ * forms. */
 KR_API int kr_agent_options_set_kas_url(kr_agent_options *o, const char *url);
 /* The agent token (copied; 1..4096 bytes). Required. */
 KR_API int kr_agent_options_set_token(kr_agent_options *o, const char *token,
@@ -41,10 +43,10 @@ KR_API int kr_agent_options_set_name(kr_agent_options *o, const char *name);
  * more than 256 services, KR_ESTATE duplicate name. */
 KR_API int kr_agent_options_add_service(kr_agent_options *o, const char *name,
                                         const char *url);
-/* CA bundle for tls:// (default: the system store). */
+/* CA bundle for tls:// and wss:// (default: the system store). */
 KR_API int kr_agent_options_set_tls_ca_file(kr_agent_options *o,
                                             const char *path);
-/* Certificate verification for tls:// (default 1). Turning it off is for
+/* Certificate verification for tls:// and wss:// (default 1). Turning it off is for
  * tests only. */
 KR_API int kr_agent_options_set_tls_verify(kr_agent_options *o, int verify);
 /* Keepalive (see kr_mux_options_set_keepalive()). Defaults 15 s / 45 s. */

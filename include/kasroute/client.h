@@ -1,7 +1,7 @@
 /* libkasroute — the client role: reach an agent's services through kas.
  *
  * A kr_client holds one multiplexed connection to a kas API listener
- * (tcp:// or tls://), authenticated with an HS256 JWT (audience
+ * (tcp://, tls://, ws:// or wss://), authenticated with an HS256 JWT (audience
  * "gitlab-kas"). Each stream it opens names an agent and a service; kas
  * routes it to a tunnel of that agent. Stream events arrive through the
  * kr_mux_callbacks given to kr_client_new() (on_reply, on_data, on_fin,
@@ -30,7 +30,8 @@ typedef struct kr_client_options kr_client_options;
 
 KR_API int kr_client_options_new(kr_client_options **out);
 KR_API void kr_client_options_free(kr_client_options *o);
-/* kas API listener, tcp:// or tls://. Required. KR_EADDR otherwise. */
+/* kas API listener: tcp://, tls://, ws://HOST:PORT/PATH or wss://...
+ * Required. KR_EADDR otherwise. */
 KR_API int kr_client_options_set_url(kr_client_options *o, const char *url);
 /* The JWT presented to kas (copied, up to 8 KiB). Required. */
 KR_API int kr_client_options_set_token(kr_client_options *o, const char *jwt,

@@ -1,7 +1,8 @@
 /* libkasroute — the kas server role (what kasd runs).
  *
  * A kr_kas listens for agent tunnels and for API clients on a libevent
- * loop the host owns. Agents authenticate with a token (HELLO ":token"),
+ * loop the host owns. Agents authenticate with a token (HELLO ":token", or
+ * "Authorization: Bearer" on a WebSocket upgrade),
  * resolved to an agent id by the token table; API clients authenticate
  * with an HS256 JWT (audience "gitlab-kas") in their HELLO ":token". A
  * client stream names ":agent" (decimal id) and ":service"; kas opens a
@@ -29,13 +30,15 @@ KR_API int kr_kas_options_new(kr_kas_options **out);
 /* NULL is a no-op. */
 KR_API void kr_kas_options_free(kr_kas_options *o);
 
-/* Where agents connect: tcp://host:port or tls://host:port (port 0 picks a
- * free port; see kr_kas_agent_port()). Repeatable, at most 16 in all.
+/* Where agents connect: tcp://host:port, tls://host:port,
+ * ws://host:port/path or wss://host:port/path (any path is served; port 0
+ * picks a free port; see kr_kas_agent_port()). Repeatable, at most 16 in all.
  * KR_EADDR for a malformed URL or unsupported scheme, KR_ETOOBIG. */
 KR_API int kr_kas_options_add_agent_listen(kr_kas_options *o, const char *url);
 /* Where API clients connect; same URL forms. */
 KR_API int kr_kas_options_add_api_listen(kr_kas_options *o, const char *url);
-/* Certificate chain and key (PEM files) for tls:// listeners. Copied. */
+/* Certificate chain and key (PEM files) for tls:// and wss:// listeners.
+ * Copied. */
 KR_API int kr_kas_options_set_tls(kr_kas_options *o, const char *cert_file,
                                   const char *key_file);
 /* Agent token file (docs: README "Agent tokens"). Required. Copied. */

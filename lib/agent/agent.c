@@ -13,12 +13,10 @@
 #include "core/backoff.h"
 #include "core/mux_internal.h"
 #include "io/conn.h"
+#include "io/dial.h"
 #include "io/log.h"
 #include "io/sock.h"
 #include "io/splice.h"
-#include "io/transport_tcp.h"
-#include "io/transport_tls.h"
-#include "io/transport_ws.h"
 #include "io/url.h"
 
 #define KR__AGENT_MAX_SERVICES 256
@@ -69,8 +67,7 @@ struct agent_slot {
 struct kr_agent {
   struct event_base *base;
   kr_agent_options opt;
-  kr__tls_config *tls;
-  kr__ws_ctx *ws; /* ws:// and wss:// */
+  kr__dialer dialer;
   kr_mux_options *mux_opt;
   agent_slot slots[KR__AGENT_MAX_CONNS];
   agent_link *links; /* all live links */
@@ -107,11 +104,8 @@ void kr_agent_options_free(kr_agent_options *o) {
 }
 
 int kr_agent_options_set_kas_url(kr_agent_options *o, const char *url) {
-  char err[256];
   kr__url u;
-  if (kr__url_parse(url, &u, err, sizeof(err)) < 0 ||
-      (u.scheme != KR__SCHEME_TCP && u.scheme != KR__SCHEME_TLS &&
-       u.scheme != KR__SCHEME_WS && u.scheme != KR__SCHEME_WSS))
+  if (kr__dial_parse_url(url, &u) < 0)
     return KR_EADDR;
   o->kas = u;
   o->has_kas = 1;
@@ -361,16 +355,8 @@ static void dial(agent_slot *slot) {
   l->slot = slot;
   const kr__url *u = &a->opt.kas;
   kr__transport *t = NULL;
-  int rc;
-  if (u->scheme == KR__SCHEME_WS || u->scheme == KR__SCHEME_WSS)
-    rc = kr__ws_connect(a->ws, u, a->opt.token, a->opt.token_len, 10000,
-                        &kr__transport_nop_cbs, NULL, &t);
-  else if (u->scheme == KR__SCHEME_TLS)
-    rc = kr__tls_connect(a->base, u->host, u->port, u->host, a->tls, 10000,
-                         &kr__transport_nop_cbs, NULL, &t);
-  else
-    rc = kr__tcp_connect(a->base, u->host, u->port, &kr__transport_nop_cbs,
-                         NULL, &t);
+  int rc = kr__dialer_connect(&a->dialer, a->opt.token, a->opt.token_len,
+                              10000, &t);
   if (rc == 0)
     rc = kr__conn_new(a->base, t, 0, a->mux_opt, &agent_conn_cbs, l, &l->conn);
   if (rc < 0) {
@@ -411,14 +397,9 @@ int kr_agent_new(kr_agent **out, struct event_base *base,
     return KR_ENOMEM;
   a->base = base;
   a->opt = *o;
-  int rc = 0;
-  if (o->kas.scheme == KR__SCHEME_TLS)
-    rc = kr__tls_config_client(o->ca_file[0] ? o->ca_file : NULL, o->verify,
-                               &a->tls, err, errlen);
-  if (o->kas.scheme == KR__SCHEME_WS || o->kas.scheme == KR__SCHEME_WSS)
-    rc = kr__ws_ctx_new_client(base, o->kas.scheme == KR__SCHEME_WSS,
-                               o->ca_file[0] ? o->ca_file : NULL, o->verify,
-                               &a->ws, err, errlen);
+  int rc = kr__dialer_init(&a->dialer, base, &o->kas,
+                           o->ca_file[0] ? o->ca_file : NULL, o->verify, err,
+                           errlen);
   kr_md md[2] = {
       {(const uint8_t *)KR_MD_TOKEN, strlen(KR_MD_TOKEN),
        (const uint8_t *)o->token, o->token_len},
@@ -470,8 +451,7 @@ void kr_agent_free(kr_agent *a) {
   if (a->drain_ev)
     event_free(a->drain_ev);
   kr_mux_options_free(a->mux_opt);
-  kr__tls_config_free(a->tls);
-  kr__ws_ctx_free(a->ws); /* after the conns: closes what is left */
+  kr__dialer_free(&a->dialer); /* after the conns */
   memset(a->opt.token, 0, sizeof(a->opt.token));
   free(a);
 }

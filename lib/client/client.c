@@ -10,9 +10,7 @@
 #include "core/mux_internal.h"
 #include "core/mux_types.h"
 #include "io/conn.h"
-#include "io/transport_tcp.h"
-#include "io/transport_tls.h"
-#include "io/transport_ws.h"
+#include "io/dial.h"
 #include "io/url.h"
 
 struct kr_client_options {
@@ -31,8 +29,7 @@ struct kr_client {
   kr_mux_callbacks cbs; /* per-stream callbacks of the application */
   kr_client_state_cb on_state;
   void *ud;
-  kr__tls_config *tls;
-  kr__ws_ctx *ws; /* ws:// and wss:// */
+  kr__dialer dialer;
   kr__conn *conn;
   int ready;
   int ended;
@@ -58,11 +55,8 @@ void kr_client_options_free(kr_client_options *o) {
 }
 
 int kr_client_options_set_url(kr_client_options *o, const char *url) {
-  char err[256];
   kr__url u;
-  if (kr__url_parse(url, &u, err, sizeof(err)) < 0 ||
-      (u.scheme != KR__SCHEME_TCP && u.scheme != KR__SCHEME_TLS &&
-       u.scheme != KR__SCHEME_WS && u.scheme != KR__SCHEME_WSS))
+  if (kr__dial_parse_url(url, &u) < 0)
     return KR_EADDR;
   o->url = u;
   o->has_url = 1;
@@ -225,14 +219,9 @@ int kr_client_new(kr_client **out, struct event_base *base,
     c->cbs = *stream_cbs;
   c->on_state = on_state;
   c->ud = ud;
-  int rc = 0;
-  if (o->url.scheme == KR__SCHEME_TLS)
-    rc = kr__tls_config_client(o->ca_file[0] ? o->ca_file : NULL, o->verify,
-                               &c->tls, err, errlen);
-  if (o->url.scheme == KR__SCHEME_WS || o->url.scheme == KR__SCHEME_WSS)
-    rc = kr__ws_ctx_new_client(base, o->url.scheme == KR__SCHEME_WSS,
-                               o->ca_file[0] ? o->ca_file : NULL, o->verify,
-                               &c->ws, err, errlen);
+  int rc = kr__dialer_init(&c->dialer, base, &o->url,
+                           o->ca_file[0] ? o->ca_file : NULL, o->verify, err,
+                           errlen);
   kr_mux_options *mo = NULL;
   if (rc == 0 && kr_mux_options_new(&mo) < 0)
     rc = KR_ENOMEM;
@@ -246,15 +235,7 @@ int kr_client_new(kr_client **out, struct event_base *base,
   kr__transport *t = NULL;
   if (rc == 0) {
     const kr__url *u = &o->url;
-    if (u->scheme == KR__SCHEME_WS || u->scheme == KR__SCHEME_WSS)
-      rc = kr__ws_connect(c->ws, u, o->token, o->token_len, 10000,
-                          &kr__transport_nop_cbs, NULL, &t);
-    else if (u->scheme == KR__SCHEME_TLS)
-      rc = kr__tls_connect(base, u->host, u->port, u->host, c->tls, 10000,
-                           &kr__transport_nop_cbs, NULL, &t);
-    else
-      rc = kr__tcp_connect(base, u->host, u->port, &kr__transport_nop_cbs,
-                           NULL, &t);
+    rc = kr__dialer_connect(&c->dialer, o->token, o->token_len, 10000, &t);
     if (rc == 0)
       rc = kr__conn_new(base, t, 0, mo, &client_conn_cbs, c, &c->conn);
     if (rc < 0)
@@ -274,8 +255,7 @@ void kr_client_free(kr_client *c) {
   if (!c)
     return;
   kr__conn_free(c->conn);
-  kr__tls_config_free(c->tls);
-  kr__ws_ctx_free(c->ws); /* after the conn: closes what is left */
+  kr__dialer_free(&c->dialer); /* after the conn */
   memset(c->opt.token, 0, sizeof(c->opt.token));
   free(c);
 }

@@ -223,7 +223,11 @@ wait_until() {
 }
 
 # count_ge FILE PATTERN N: FILE has at least N lines matching PATTERN.
-count_ge() { [ "$(grep -c -- "$2" "$1" 2>/dev/null)" -ge "$3" ]; }
+count_ge() {
+  local n
+  n=$(grep -c -- "$2" "$1" 2>/dev/null) || true
+  [ "${n:-0}" -ge "$3" ]
+}
 
 # The watchdog: the whole run is bounded by --deadline. (It kills its own
 # sleep when stopped, so nothing outlives the script.)

@@ -96,6 +96,8 @@ typedef enum kr_kas_stat {
   KR_KAS_STAT_STREAMS_ROUTED,        /* client streams spliced to a tunnel */
   KR_KAS_STAT_ROUTE_TIMEOUTS,        /* no tunnel before the deadline */
   KR_KAS_STAT_STREAMS_ACTIVE,        /* spliced streams now */
+  KR_KAS_STAT_THROTTLED,             /* connections refused unread because
+                                        their address kept failing auth */
   KR_KAS_STAT_COUNT
 } kr_kas_stat;
 

@@ -169,7 +169,8 @@ static const kr_md *md_find(const kr_md *md, size_t n, const char *name) {
 static void refuse(kas_conn *kc, const char *what, const char *reason) {
   kr_kas *k = kc->k;
   k->stats[KR_KAS_STAT_AUTH_FAILURES]++;
-  kr__throttle_failure(&k->throttle, kc->addr, kr__now_us());
+  kr__throttle_failure(&k->throttle[kc->kind == KR__LISTEN_API], kc->addr,
+                       kr__now_us());
   char q[160], msg[200];
   snprintf(msg, sizeof(msg), "%s refused: %s", what, reason);
   kr__log(KR_LOG_WARN, "auth_failed", "kas=%s peer=%s kind=%s reason=%s",
@@ -286,10 +287,13 @@ static void on_accept(kr__listener *l, kr__transport *t, int open,
                       const char *addr, void *ud) {
   kr_kas *k = ud;
   int kind = kr__listener_kind(l);
-  if (k->draining || kr__throttle_blocked(&k->throttle, addr, kr__now_us())) {
-    if (!k->draining)
+  if (k->draining || kr__throttle_blocked(&k->throttle[kind == KR__LISTEN_API],
+                                         addr, kr__now_us())) {
+    if (!k->draining) {
+      k->stats[KR_KAS_STAT_THROTTLED]++;
       kr__log(KR_LOG_WARN, "auth_throttled", "kas=%s peer=%s", k->name,
               t->peer);
+    }
     t->ops->free(t);
     return;
   }
@@ -440,7 +444,8 @@ void kr_kas_free(kr_kas *k) {
   kr_mux_options_free(k->api_mux_opt);
   kr__token_table_free(k->tokens);
   kr__tls_config_free(k->tls);
-  kr__throttle_clear(&k->throttle);
+  kr__throttle_clear(&k->throttle[0]);
+  kr__throttle_clear(&k->throttle[1]);
   memset(k->api_secret, 0, sizeof(k->api_secret));
   free(k);
 }

@@ -67,7 +67,9 @@ struct kr_kas {
   kr_mux_options *api_mux_opt;
   kas_conn *conns;
   kr__relay *relays; /* every live relay, for kr_kas_free() */
-  kr__throttle throttle;
+  /* Failing addresses, one table per listener kind (agent, API), so that
+   * agents failing behind a NAT do not lock out API clients there. */
+  kr__throttle throttle[2];
   uint64_t stats[KR_KAS_STAT_COUNT];
   int draining;
   int freeing;

@@ -129,6 +129,33 @@ START_TEST(bad_agent_token) {
 }
 END_TEST
 
+static int throttled(void *arg) {
+  return kr_kas_stat_get(kas, KR_KAS_STAT_THROTTLED) > 0;
+}
+
+START_TEST(failing_agents_throttled_api_unaffected) {
+  /* An agent that keeps failing (backoff 50-200 ms) gets its address
+   * refused after 5 failures; API clients from that address are not. */
+  kr_agent *a = th_agent(&env, agent_url, "wrong-token", th_echo_server(&env),
+                         NULL, 1);
+  ck_assert_msg(th_run_cond(&env, throttled, NULL, 10000),
+                "no throttling after %llu failures",
+                (unsigned long long)kr_kas_stat_get(kas,
+                                                    KR_KAS_STAT_AUTH_FAILURES));
+  ck_assert_uint_ge(kr_kas_stat_get(kas, KR_KAS_STAT_AUTH_FAILURES), 5);
+  kr_agent_free(a);
+  char *tok = th_api_token(&env);
+  th_echo ec = {.total = 10, .service = "echo", .agent = 99};
+  kr_client *c = th_echo_start(&env, &ec, api_url, NULL, 1, tok);
+  ck_assert(th_run_cond(&env, echo_done, &ec, 5000));
+  /* Reached kas and was routed (no such agent), not refused unread. */
+  ck_assert_int_eq(ec.state_err, 0);
+  ck_assert_int_eq(kr_error_from_code(ec.code), KR_ENOTCONN);
+  kr_client_free(c);
+  free(tok);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("tcp");
   TCase *tc = tcase_create("tunnel");
@@ -140,6 +167,7 @@ int main(void) {
   tcase_add_test(tc, waiting_stream_woken_by_registration);
   tcase_add_test(tc, bad_api_token);
   tcase_add_test(tc, bad_agent_token);
+  tcase_add_test(tc, failing_agents_throttled_api_unaffected);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

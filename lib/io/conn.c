@@ -96,26 +96,40 @@ static void schedule_timer(kr__conn *c) {
 
 /* Moves mux output into the transport and updates reading, timers and the
  * close decision. */
+static void t_close(kr__transport *t, int err, const char *why, void *ud);
+
+/* Moves mux output into the transport and updates reading, timers and the
+ * close decision. kr_mux_send() runs stream callbacks, which may free the
+ * conn: the depth bracket defers that to the end. */
 static void pump(kr__conn *c) {
-  if (!c->t || c->closed)
+  if (!c->t || c->closed || c->free_pending)
     return;
+  c->depth++;
   if (c->transport_open && !c->closing) {
     const uint8_t *p;
     size_t n;
-    while ((n = kr_mux_send(c->mux, &p)) > 0) {
+    while ((n = kr_mux_send(c->mux, &p)) > 0 && !c->free_pending) {
       size_t w = c->t->ops->write(c->t, p, n);
       kr_mux_sent(c->mux, w);
       if (w < n)
         break;
     }
-    c->t->ops->set_reading(c->t, kr_mux_want_read(c->mux));
-    if (kr_mux_is_done(c->mux)) {
-      c->closing = 1;
-      c->t->no_linger = !kr_mux_want_read(c->mux); /* mux failed */
-      c->t->ops->close(c->t);
+    if (!c->free_pending) {
+      c->t->ops->set_reading(c->t, kr_mux_want_read(c->mux));
+      if (kr_mux_is_done(c->mux)) {
+        c->closing = 1;
+        c->t->no_linger = !kr_mux_want_read(c->mux); /* mux failed */
+        c->t->ops->close(c->t);
+      }
     }
+  } else if (!c->transport_open && !c->closing && !kr_mux_want_read(c->mux)) {
+    /* The handshake timer fired while still connecting: give up now. */
+    t_close(c->t, KR_ETIMEDOUT, "connect or handshake timed out", c);
   }
-  schedule_timer(c);
+  if (conn_leave(c))
+    return;
+  if (!c->closed)
+    schedule_timer(c);
 }
 
 static void pump_cb(evutil_socket_t fd, short what, void *arg) { pump(arg); }
@@ -141,7 +155,7 @@ static void t_open(kr__transport *t, void *ud) {
 
 static void t_read(kr__transport *t, const uint8_t *p, size_t n, void *ud) {
   kr__conn *c = ud;
-  if (c->closing)
+  if (c->closing || c->free_pending)
     return;
   c->depth++;
   kr_mux_recv(c->mux, p, n, kr__now_us());
@@ -177,18 +191,28 @@ static const kr__transport_cbs transport_cbs = {t_open, t_read, t_drain,
 
 /* --------------------------------------------------------- mux callbacks */
 
-#define HANDLER(s) ((const kr__stream_handler *)kr__stream_get_handler(s))
+/* The handler of s, or NULL once its conn is being freed (a free
+ * requested inside a callback must silence the rest of the dispatch). */
+static const kr__stream_handler *handler_of(kr_stream *s) {
+  kr__conn *c = kr_mux_user_data(kr_stream_mux(s));
+  if (c->free_pending)
+    return NULL;
+  return kr__stream_get_handler(s);
+}
+#define HANDLER(s) handler_of(s)
 
 static void m_hello(kr_mux *m, const kr_md *md, size_t n, void *ud) {
   kr__conn *c = ud;
-  if (c->cb.on_ready)
+  if (c->cb.on_ready && !c->free_pending)
     c->cb.on_ready(c, md, n, c->ud);
 }
 
 static void m_open(kr_mux *m, kr_stream *s, const kr_md *md, size_t n, int fin,
                    void *ud) {
   kr__conn *c = ud;
-  if (c->cb.on_stream)
+  if (c->free_pending)
+    kr_stream_reset(s, KR_CODE_REFUSED, "connection closing");
+  else if (c->cb.on_stream)
     c->cb.on_stream(c, s, md, n, fin, c->ud);
   else
     kr_stream_reset(s, KR_CODE_REFUSED, "this end accepts no streams");
@@ -237,7 +261,7 @@ static void m_goaway(kr_mux *m, int remote, uint32_t code, const uint8_t *r,
     snprintf(c->fail_reason, sizeof(c->fail_reason), "%s: %.*s",
              kr_code_name(code), (int)rl, (const char *)r);
   }
-  if (remote && c->cb.on_goaway)
+  if (remote && c->cb.on_goaway && !c->free_pending)
     c->cb.on_goaway(c, code, r, rl, c->ud);
 }
 
@@ -289,6 +313,7 @@ int kr__conn_new(struct event_base *base, kr__transport *t, int transport_open,
     c->transport_open = 1;
     kr__conn_kick(c);
   }
+  schedule_timer(c); /* the handshake timeout runs while connecting too */
   return 0;
 fail:
   t->ops->free(t);

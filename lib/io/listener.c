@@ -134,12 +134,17 @@ int kr__listener_new(struct event_base *base, const kr__url *u, int kind,
 
 int kr__listener_port(const kr__listener *l) { return l->port; }
 int kr__listener_kind(const kr__listener *l) { return l->kind; }
-void kr__listener_disable(kr__listener *l) { evconnlistener_disable(l->l); }
+void kr__listener_close(kr__listener *l) {
+  if (l->l) {
+    evconnlistener_free(l->l);
+    l->l = NULL;
+  }
+}
 
 void kr__listener_free(kr__listener *l) {
   if (!l)
     return;
-  evconnlistener_free(l->l);
+  kr__listener_close(l);
   kr__ws_ctx_free(l->ws);
   free(l);
 }

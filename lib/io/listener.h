@@ -30,8 +30,10 @@ int kr__listener_new(struct event_base *base, const kr__url *u, int kind,
                      void *ud, kr__listener **out, char *err, size_t errlen);
 int kr__listener_port(const kr__listener *l);
 int kr__listener_kind(const kr__listener *l);
-/* Stops accepting (the socket stays bound until free). */
-void kr__listener_disable(kr__listener *l);
+/* Closes the listening socket (new connections are refused by the
+ * kernel) but keeps what accepted connections still use (the WebSocket
+ * context) until kr__listener_free(). */
+void kr__listener_close(kr__listener *l);
 void kr__listener_free(kr__listener *l);
 
 /* wss:// listeners: the certificate chain and key (PEM files) that

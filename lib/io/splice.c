@@ -220,8 +220,10 @@ static void s_close(kr_stream *s, uint32_t code, const uint8_t *reason,
              (int)len, (const char *)reason);
     finish(sp, KR_ERESET, why);
   } else if (kr__sock_pending(sp->sock) > 0) {
-    /* Clean end: let the socket flush first. */
+    /* Clean end: let the socket flush first, but not forever (an upstream
+     * that stopped reading ends the splice through k_error). */
     kr__sock_want_drain(sp->sock, 0);
+    kr__sock_set_deadline(sp->sock, 30000, "upstream stopped reading");
   } else {
     maybe_done(sp);
   }

@@ -423,8 +423,9 @@ void kr_kas_free(kr_kas *k) {
   if (!k)
     return;
   k->freeing = 1;
+  /* No new connections while the old ones go. */
   for (size_t i = 0; i < k->n_listeners; i++)
-    kr__listener_free(k->listeners[i]);
+    kr__listener_close(k->listeners[i]);
   /* Connections go without callbacks: relays are released through the
    * stream close path of each mux, which kr__conn_free() does not run, so
    * release them explicitly first. */
@@ -435,6 +436,9 @@ void kr_kas_free(kr_kas *k) {
     kr__conn_free(kc->conn);
     free(kc);
   }
+  /* Last: WebSocket connections used the listeners' contexts. */
+  for (size_t i = 0; i < k->n_listeners; i++)
+    kr__listener_free(k->listeners[i]);
   kr__registry_free(k->reg);
   if (k->reg_timer)
     event_free(k->reg_timer);
@@ -453,7 +457,7 @@ void kr_kas_free(kr_kas *k) {
 static int nth_port(const kr_kas *k, size_t i, int kind) {
   for (size_t j = 0; j < k->n_listeners; j++)
     if (k->opt.listen[j].kind == kind && i-- == 0)
-      return k->listeners[j] ? kr__listener_port(k->listeners[j]) : KR_ESTATE;
+      return kr__listener_port(k->listeners[j]);
   return KR_EINVAL;
 }
 
@@ -512,11 +516,10 @@ void kr_kas_drain(kr_kas *k, kr_time_us grace, kr_kas_drained_cb done,
   k->drained = done;
   k->drained_ud = ud;
   /* Close the listening sockets: a disabled listener would still let the
-   * kernel complete connections that nobody serves. */
-  for (size_t i = 0; i < k->n_listeners; i++) {
-    kr__listener_free(k->listeners[i]);
-    k->listeners[i] = NULL;
-  }
+   * kernel complete connections that nobody serves. The listeners live on
+   * until kr_kas_free(): WebSocket connections use their context. */
+  for (size_t i = 0; i < k->n_listeners; i++)
+    kr__listener_close(k->listeners[i]);
   k->drain_timer = event_new(k->base, -1, 0, drain_done_cb, k);
   struct timeval tv = {(time_t)(grace / 1000000u),
                        (suseconds_t)(grace % 1000000u)};

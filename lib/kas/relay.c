@@ -298,8 +298,11 @@ static void c_close(kr_stream *s, uint32_t code, const uint8_t *reason,
                     size_t len, void *ud) {
   kr__relay *r = ud;
   r->cs = NULL;
-  if (code != KR_CODE_NO_ERROR)
+  if (code != KR_CODE_NO_ERROR && r->as) {
     reset_stream(&r->as, KR_CODE_CANCEL, "client went away");
+    update_load(r->ac);
+    r->ac = NULL;
+  }
   if (r->as == NULL && r->routed) {
     r->routed = 0;
     r->k->stats[KR_KAS_STAT_STREAMS_ACTIVE]--;
@@ -317,8 +320,18 @@ static void a_reply(kr_stream *s, const kr_md *md, size_t n, int fin, void *ud) 
   if (!r->cs)
     return;
   if (kr_stream_reply(r->cs, md, n, fin) < 0) {
+    /* Both streams end here without coming back to the relay (their
+     * handlers are detached): account and free it now. */
+    kas_conn *ac = r->ac;
+    r->ac = NULL;
     reset_stream(&r->cs, KR_CODE_INTERNAL, "cannot relay the reply");
     reset_stream(&r->as, KR_CODE_CANCEL, "client stream failed");
+    if (r->routed) {
+      r->routed = 0;
+      r->k->stats[KR_KAS_STAT_STREAMS_ACTIVE]--;
+    }
+    update_load(ac);
+    maybe_free(r);
     return;
   }
 }

@@ -115,6 +115,7 @@ static int auth_failed(void *arg) {
   return kr_kas_stat_get(kas, KR_KAS_STAT_AUTH_FAILURES) > 0;
 }
 
+static int never_true(void *arg) { return 0; }
 static int agent_idle(void *arg) { return kr_agent_connected(arg) == 0; }
 
 START_TEST(bad_agent_token) {
@@ -156,6 +157,62 @@ START_TEST(failing_agents_throttled_api_unaffected) {
 }
 END_TEST
 
+/* A client freed inside its own on_writable callback (reached from the
+ * connection's output pump) must not be touched afterwards. */
+static kr_client *fw_client;
+static kr_stream *fw_stream;
+static int fw_freed;
+static uint8_t fw_buf[1 << 20];
+
+static void fw_fill(kr_stream *s) {
+  for (int i = 0; i < 64; i++)
+    if (kr_stream_write(s, fw_buf, sizeof(fw_buf)) <= 0)
+      break;
+}
+static void fw_state(kr_client *c, int err, const char *why, void *ud) {
+  if (err == 0 && !fw_stream &&
+      kr_client_open(c, TH_AGENT_ID, "echo", NULL, 0, 0, NULL, &fw_stream) == 0)
+    fw_fill(fw_stream);
+}
+static void fw_writable(kr_stream *s, void *ud) {
+  if (!fw_freed) {
+    fw_freed = 1;
+    kr_client_free(fw_client);
+    fw_client = NULL;
+  }
+}
+static void fw_data(kr_stream *s, const uint8_t *p, size_t n, void *ud) {
+  kr_stream_consume(s, n);
+}
+
+START_TEST(client_freed_inside_on_writable) {
+  kr_agent *a = th_agent(&env, agent_url, NULL, th_echo_server(&env), NULL, 1);
+  ck_assert(th_run_cond(&env, agent_registered, NULL, 5000));
+  char *tok = th_api_token(&env);
+  kr_client_options *o;
+  kr_mux_callbacks *cbs;
+  kr_client_options_new(&o);
+  kr_mux_callbacks_new(&cbs);
+  kr_client_options_set_url(o, api_url);
+  kr_client_options_set_token(o, tok, strlen(tok));
+  kr_mux_callbacks_set_on_writable(cbs, fw_writable);
+  kr_mux_callbacks_set_on_data(cbs, fw_data);
+  char err[256];
+  fw_stream = NULL;
+  fw_freed = 0;
+  ck_assert_int_eq(kr_client_new(&fw_client, env.base, o, cbs, fw_state, NULL,
+                                 err, sizeof(err)),
+                   0);
+  kr_client_options_free(o);
+  kr_mux_callbacks_free(cbs);
+  ck_assert_msg(th_run_until(&env, &fw_freed, 10000), "on_writable never came");
+  /* Let the loop run on: nothing may touch the freed client. */
+  th_run_cond(&env, never_true, NULL, 300);
+  kr_agent_free(a);
+  free(tok);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("tcp");
   TCase *tc = tcase_create("tunnel");
@@ -168,6 +225,7 @@ int main(void) {
   tcase_add_test(tc, bad_api_token);
   tcase_add_test(tc, bad_agent_token);
   tcase_add_test(tc, failing_agents_throttled_api_unaffected);
+  tcase_add_test(tc, client_freed_inside_on_writable);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -690,6 +690,29 @@ START_TEST(ws_agent_reconnects) {
 }
 END_TEST
 
+/* Draining a kas with WebSocket agents sends them GOAWAY and completes:
+ * the listeners' WebSocket context must outlive the listening sockets. */
+static int ws_drained;
+static void on_ws_drained(kr_kas *k, void *ud) { ws_drained = 1; }
+static int agent_gone(void *arg) {
+  return kr_kas_stat_get(kas, KR_KAS_STAT_AGENT_CONNECTIONS) == 0;
+}
+
+START_TEST(ws_drain_completes) {
+  kr_agent *a = th_agent(&env, agent_url, NULL, th_echo_server(&env), NULL, 1);
+  ck_assert(th_run_cond(&env, agent_registered, NULL, 10000));
+  ws_drained = 0;
+  kr_kas_drain(kas, 3000000, on_ws_drained, NULL);
+  /* Well before the 3 s grace: no stream is open, GOAWAY ends it. */
+  ck_assert_msg(th_run_until(&env, &ws_drained, 2500),
+                "drain did not complete (agent tunnels left: %llu)",
+                (unsigned long long)kr_kas_stat_get(
+                    kas, KR_KAS_STAT_AGENT_CONNECTIONS));
+  ck_assert(agent_gone(NULL));
+  kr_agent_free(a);
+}
+END_TEST
+
 /* An agent may present its token only as "Authorization: Bearer" on the
  * upgrade, with no ":token" in its HELLO: kas takes it from there. */
 static void bare_closed(kr__conn *c, int err, const char *why, void *ud) {}
@@ -1079,6 +1102,7 @@ int main(void) {
   tcase_add_test(tc, ws_agent_reconnects);
   tcase_add_test(tc, ws_refused_connection);
   tcase_add_test(tc, ws_bearer_only_agent);
+  tcase_add_test(tc, ws_drain_completes);
   tcase_add_test(tc, ws_bearer_wrong_token);
   tcase_add_test(tc, ws_throughput_upload);
   tcase_add_test(tc, ws_throughput_download);

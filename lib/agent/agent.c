@@ -29,17 +29,11 @@ typedef struct agent_service {
 } agent_service;
 
 struct kr_agent_options {
-  kr__url kas;
-  int has_kas;
-  char token[4097];
-  size_t token_len;
+  kr__dial_opts dial; /* kas URL, token, TLS trust, keepalive */
   unsigned connections;
   char name[128];
   agent_service services[KR__AGENT_MAX_SERVICES];
   size_t n_services;
-  char ca_file[1024];
-  int verify;
-  kr_time_us ka_interval, ka_timeout;
   kr_time_us backoff_base, backoff_cap;
 };
 
@@ -85,9 +79,7 @@ int kr_agent_options_new(kr_agent_options **out) {
   if (!o)
     return KR_ENOMEM;
   o->connections = 2;
-  o->verify = 1;
-  o->ka_interval = 15 * 1000000ull;
-  o->ka_timeout = 45 * 1000000ull;
+  kr__dial_opts_init(&o->dial);
   o->backoff_base = 1000000ull;
   o->backoff_cap = 30 * 1000000ull;
   if (gethostname(o->name, sizeof(o->name) - 1) != 0 || !o->name[0])
@@ -98,28 +90,18 @@ int kr_agent_options_new(kr_agent_options **out) {
 
 void kr_agent_options_free(kr_agent_options *o) {
   if (o) {
-    memset(o->token, 0, sizeof(o->token));
+    kr__dial_opts_wipe(&o->dial);
     free(o);
   }
 }
 
 int kr_agent_options_set_kas_url(kr_agent_options *o, const char *url) {
-  kr__url u;
-  if (kr__dial_parse_url(url, &u) < 0)
-    return KR_EADDR;
-  o->kas = u;
-  o->has_kas = 1;
-  return 0;
+  return kr__dial_opts_set_url(&o->dial, url);
 }
 
 int kr_agent_options_set_token(kr_agent_options *o, const char *token,
                                size_t len) {
-  if (!token || len == 0 || len > 4096)
-    return KR_EINVAL;
-  memcpy(o->token, token, len);
-  o->token[len] = 0;
-  o->token_len = len;
-  return 0;
+  return kr__dial_opts_set_token(&o->dial, token, len, 4096);
 }
 
 int kr_agent_options_set_connections(kr_agent_options *o, unsigned n) {
@@ -167,24 +149,17 @@ int kr_agent_options_add_service(kr_agent_options *o, const char *name,
 }
 
 int kr_agent_options_set_tls_ca_file(kr_agent_options *o, const char *path) {
-  if (!path || strlen(path) >= sizeof(o->ca_file))
-    return KR_EINVAL;
-  snprintf(o->ca_file, sizeof(o->ca_file), "%s", path);
-  return 0;
+  return kr__dial_opts_set_ca_file(&o->dial, path);
 }
 
 int kr_agent_options_set_tls_verify(kr_agent_options *o, int verify) {
-  o->verify = verify ? 1 : 0;
+  o->dial.verify = verify ? 1 : 0;
   return 0;
 }
 
 int kr_agent_options_set_keepalive(kr_agent_options *o, kr_time_us interval,
                                    kr_time_us timeout) {
-  if (timeout != 0 && timeout <= interval)
-    return KR_EINVAL;
-  o->ka_interval = interval;
-  o->ka_timeout = timeout;
-  return 0;
+  return kr__dial_opts_set_keepalive(&o->dial, interval, timeout);
 }
 
 int kr_agent_options_set_backoff(kr_agent_options *o, kr_time_us base,
@@ -353,9 +328,9 @@ static void dial(agent_slot *slot) {
   }
   l->a = a;
   l->slot = slot;
-  const kr__url *u = &a->opt.kas;
+  const kr__url *u = &a->opt.dial.url;
   kr__transport *t = NULL;
-  int rc = kr__dialer_connect(&a->dialer, a->opt.token, a->opt.token_len,
+  int rc = kr__dialer_connect(&a->dialer, a->opt.dial.token, a->opt.dial.token_len,
                               10000, &t);
   if (rc == 0)
     rc = kr__conn_new(a->base, t, 0, a->mux_opt, &agent_conn_cbs, l, &l->conn);
@@ -387,8 +362,8 @@ int kr_agent_new(kr_agent **out, struct event_base *base,
     errlen = sizeof(dummy);
   }
   err[0] = 0;
-  if (!o->has_kas || !o->token_len) {
-    snprintf(err, errlen, "%s", !o->has_kas ? "the kas URL is required"
+  if (!o->dial.has_url || !o->dial.token_len) {
+    snprintf(err, errlen, "%s", !o->dial.has_url ? "the kas URL is required"
                                              : "the agent token is required");
     return KR_ECONFIG;
   }
@@ -397,19 +372,18 @@ int kr_agent_new(kr_agent **out, struct event_base *base,
     return KR_ENOMEM;
   a->base = base;
   a->opt = *o;
-  int rc = kr__dialer_init(&a->dialer, base, &o->kas,
-                           o->ca_file[0] ? o->ca_file : NULL, o->verify, err,
-                           errlen);
+  int rc = kr__dialer_init_opts(&a->dialer, base, &o->dial, err, errlen);
   kr_md md[2] = {
       {(const uint8_t *)KR_MD_TOKEN, strlen(KR_MD_TOKEN),
-       (const uint8_t *)o->token, o->token_len},
+       (const uint8_t *)o->dial.token, o->dial.token_len},
       {(const uint8_t *)KR_MD_NAME, strlen(KR_MD_NAME),
        (const uint8_t *)o->name, strlen(o->name)}};
   if (rc == 0 && kr_mux_options_new(&a->mux_opt) < 0)
     rc = KR_ENOMEM;
   if (rc == 0) {
     kr_mux_options_set_role(a->mux_opt, KR_ROLE_DIALER);
-    kr_mux_options_set_keepalive(a->mux_opt, o->ka_interval, o->ka_timeout);
+    kr_mux_options_set_keepalive(a->mux_opt, o->dial.ka_interval,
+                                 o->dial.ka_timeout);
     if (kr_mux_options_add_hello(a->mux_opt, &md[0]) < 0 ||
         kr_mux_options_add_hello(a->mux_opt, &md[1]) < 0)
       rc = KR_ENOMEM;
@@ -452,7 +426,7 @@ void kr_agent_free(kr_agent *a) {
     event_free(a->drain_ev);
   kr_mux_options_free(a->mux_opt);
   kr__dialer_free(&a->dialer); /* after the conns */
-  memset(a->opt.token, 0, sizeof(a->opt.token));
+  kr__dial_opts_wipe(&a->opt.dial);
   free(a);
 }
 

@@ -14,13 +14,7 @@
 #include "io/url.h"
 
 struct kr_client_options {
-  kr__url url;
-  int has_url;
-  char token[8193];
-  size_t token_len;
-  char ca_file[1024];
-  int verify;
-  kr_time_us ka_interval, ka_timeout;
+  kr__dial_opts dial; /* kas URL, token, TLS trust, keepalive */
 };
 
 struct kr_client {
@@ -40,58 +34,39 @@ int kr_client_options_new(kr_client_options **out) {
   kr_client_options *o = calloc(1, sizeof(*o));
   if (!o)
     return KR_ENOMEM;
-  o->verify = 1;
-  o->ka_interval = 15 * 1000000ull;
-  o->ka_timeout = 45 * 1000000ull;
+  kr__dial_opts_init(&o->dial);
   *out = o;
   return 0;
 }
 
 void kr_client_options_free(kr_client_options *o) {
   if (o) {
-    memset(o->token, 0, sizeof(o->token));
+    kr__dial_opts_wipe(&o->dial);
     free(o);
   }
 }
 
 int kr_client_options_set_url(kr_client_options *o, const char *url) {
-  kr__url u;
-  if (kr__dial_parse_url(url, &u) < 0)
-    return KR_EADDR;
-  o->url = u;
-  o->has_url = 1;
-  return 0;
+  return kr__dial_opts_set_url(&o->dial, url);
 }
 
 int kr_client_options_set_token(kr_client_options *o, const char *jwt,
                                 size_t len) {
-  if (!jwt || len == 0 || len > 8192)
-    return KR_EINVAL;
-  memcpy(o->token, jwt, len);
-  o->token[len] = 0;
-  o->token_len = len;
-  return 0;
+  return kr__dial_opts_set_token(&o->dial, jwt, len, 8192);
 }
 
 int kr_client_options_set_tls_ca_file(kr_client_options *o, const char *path) {
-  if (!path || strlen(path) >= sizeof(o->ca_file))
-    return KR_EINVAL;
-  snprintf(o->ca_file, sizeof(o->ca_file), "%s", path);
-  return 0;
+  return kr__dial_opts_set_ca_file(&o->dial, path);
 }
 
 int kr_client_options_set_tls_verify(kr_client_options *o, int verify) {
-  o->verify = verify ? 1 : 0;
+  o->dial.verify = verify ? 1 : 0;
   return 0;
 }
 
 int kr_client_options_set_keepalive(kr_client_options *o, kr_time_us interval,
                                     kr_time_us timeout) {
-  if (timeout != 0 && timeout <= interval)
-    return KR_EINVAL;
-  o->ka_interval = interval;
-  o->ka_timeout = timeout;
-  return 0;
+  return kr__dial_opts_set_keepalive(&o->dial, interval, timeout);
 }
 
 int kr_error_from_code(uint32_t code) {
@@ -205,8 +180,8 @@ int kr_client_new(kr_client **out, struct event_base *base,
     errlen = sizeof(dummy);
   }
   err[0] = 0;
-  if (!o || !o->has_url || !o->token_len) {
-    snprintf(err, errlen, "%s", !o || !o->has_url ? "the kas URL is required"
+  if (!o || !o->dial.has_url || !o->dial.token_len) {
+    snprintf(err, errlen, "%s", !o || !o->dial.has_url ? "the kas URL is required"
                                                    : "a token is required");
     return KR_ECONFIG;
   }
@@ -219,23 +194,22 @@ int kr_client_new(kr_client **out, struct event_base *base,
     c->cbs = *stream_cbs;
   c->on_state = on_state;
   c->ud = ud;
-  int rc = kr__dialer_init(&c->dialer, base, &o->url,
-                           o->ca_file[0] ? o->ca_file : NULL, o->verify, err,
-                           errlen);
+  int rc = kr__dialer_init_opts(&c->dialer, base, &o->dial, err, errlen);
   kr_mux_options *mo = NULL;
   if (rc == 0 && kr_mux_options_new(&mo) < 0)
     rc = KR_ENOMEM;
   if (rc == 0) {
     kr_md tok = {(const uint8_t *)KR_MD_TOKEN, strlen(KR_MD_TOKEN),
-                 (const uint8_t *)o->token, o->token_len};
+                 (const uint8_t *)o->dial.token, o->dial.token_len};
     kr_mux_options_set_role(mo, KR_ROLE_DIALER);
-    kr_mux_options_set_keepalive(mo, o->ka_interval, o->ka_timeout);
+    kr_mux_options_set_keepalive(mo, o->dial.ka_interval, o->dial.ka_timeout);
     rc = kr_mux_options_add_hello(mo, &tok);
   }
   kr__transport *t = NULL;
   if (rc == 0) {
-    const kr__url *u = &o->url;
-    rc = kr__dialer_connect(&c->dialer, o->token, o->token_len, 10000, &t);
+    const kr__url *u = &o->dial.url;
+    rc = kr__dialer_connect(&c->dialer, o->dial.token, o->dial.token_len, 10000,
+                            &t);
     if (rc == 0)
       rc = kr__conn_new(base, t, 0, mo, &client_conn_cbs, c, &c->conn);
     if (rc < 0)
@@ -256,7 +230,7 @@ void kr_client_free(kr_client *c) {
     return;
   kr__conn_free(c->conn);
   kr__dialer_free(&c->dialer); /* after the conn */
-  memset(c->opt.token, 0, sizeof(c->opt.token));
+  kr__dial_opts_wipe(&c->opt.dial);
   free(c);
 }
 

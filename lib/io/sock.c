@@ -410,6 +410,17 @@ void kr__sock_shutdown_write(kr__sock *s) {
   }
 }
 
+void kr__sock_close_gracefully(kr__sock *s, int linger, int deadline_ms) {
+  /* A peer that stops reading, or never closes, cannot hold this up. */
+  kr__sock_set_deadline(s, deadline_ms, "close timed out");
+  if (!linger) {
+    kr__sock_want_drain(s, 0);
+    return;
+  }
+  kr__sock_shutdown_write(s);
+  kr__sock_set_reading(s, 1);
+}
+
 void kr__sock_set_deadline(kr__sock *s, int ms, const char *why) {
   snprintf(s->deadline_why, sizeof(s->deadline_why), "%s", why);
   struct timeval tv = {ms / 1000, (ms % 1000) * 1000};

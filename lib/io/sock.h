@@ -74,6 +74,13 @@ void kr__sock_want_drain(kr__sock *s, size_t low_water);
 /* Half-closes (SHUT_WR) once the queued output is sent. */
 void kr__sock_shutdown_write(kr__sock *s);
 
+/* Starts a graceful close: the queued output is sent, then either on_drain
+ * (linger 0) or, with linger, FIN and reading on until the peer's EOF
+ * (on_eof), so that the peer's last bytes are not answered with a reset.
+ * The owner drops what it reads meanwhile. Bounded by deadline_ms
+ * (on_error KR_ETIMEDOUT "close timed out"). */
+void kr__sock_close_gracefully(kr__sock *s, int linger, int deadline_ms);
+
 /* on_error(KR_ETIMEDOUT, why) unless kr__sock_clear_deadline() first. */
 void kr__sock_set_deadline(kr__sock *s, int ms, const char *why);
 void kr__sock_clear_deadline(kr__sock *s);

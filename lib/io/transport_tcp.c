@@ -84,15 +84,8 @@ static void tcp_close(kr__transport *t) {
   if (c->closing)
     return;
   c->closing = 1;
-  /* A peer that stops reading, or never closes, cannot hold this up. */
-  kr__sock_set_deadline(c->sock, KR__TRANSPORT_CLOSE_TIMEOUT_S * 1000,
-                        "close timed out");
-  if (c->base.no_linger) {
-    kr__sock_want_drain(c->sock, 0);
-    return;
-  }
-  kr__sock_shutdown_write(c->sock);
-  kr__sock_set_reading(c->sock, 1);
+  kr__sock_close_gracefully(c->sock, !c->base.no_linger,
+                            KR__TRANSPORT_CLOSE_TIMEOUT_S * 1000);
 }
 
 static const kr__transport_ops tcp_ops = {tcp_write, tcp_set_reading,

@@ -205,14 +205,8 @@ static void tls_close(kr__transport *t) {
   c->closing = 1;
   if (c->handshake_done)
     mbedtls_ssl_close_notify(&c->ssl);
-  kr__sock_set_deadline(c->sock, KR__TRANSPORT_CLOSE_TIMEOUT_S * 1000,
-                        "close timed out");
-  if (c->base.no_linger) {
-    kr__sock_want_drain(c->sock, 0);
-    return;
-  }
-  kr__sock_shutdown_write(c->sock);
-  kr__sock_set_reading(c->sock, 1);
+  kr__sock_close_gracefully(c->sock, !c->base.no_linger,
+                            KR__TRANSPORT_CLOSE_TIMEOUT_S * 1000);
 }
 
 static const kr__transport_ops tls_ops = {tls_write, tls_set_reading,

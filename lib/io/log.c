@@ -18,8 +18,6 @@ void kr_log_set_handler(kr_log_fn fn, void *ud) {
 
 void kr_log_set_level(kr_log_level max) { log_max = max; }
 
-int kr__log_enabled(kr_log_level level) { return level <= log_max; }
-
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 void kr__log(kr_log_level level, const char *event, const char *fmt, ...) {

@@ -10,9 +10,6 @@
 void kr__log(kr_log_level level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* 1 if lines at level would be emitted. */
-int kr__log_enabled(kr_log_level level);
-
 /* Writes text as a double-quoted value with \" \\ and control characters
  * escaped, cut to fit size. Returns out. */
 char *kr__log_quote(char *out, size_t size, const char *text, size_t len);

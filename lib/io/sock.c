@@ -15,6 +15,7 @@
 #include <kasroute/error.h>
 
 #include "sock.h"
+#include "transport.h"
 
 struct kr__sock {
   struct event_base *base;
@@ -107,20 +108,7 @@ static void defer_fail(kr__sock *s, const char *what, int e) {
 }
 
 static void set_peer(kr__sock *s) {
-  struct sockaddr_storage ss;
-  socklen_t len = sizeof(ss);
-  char host[INET6_ADDRSTRLEN] = "?";
-  if (getpeername(s->fd, (struct sockaddr *)&ss, &len) != 0)
-    return;
-  if (ss.ss_family == AF_INET) {
-    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-    inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-    snprintf(s->peer, sizeof(s->peer), "%s:%d", host, ntohs(a->sin_port));
-  } else if (ss.ss_family == AF_INET6) {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-    snprintf(s->peer, sizeof(s->peer), "[%s]:%d", host, ntohs(a->sin6_port));
-  }
+  kr__peer_name(s->fd, s->peer, sizeof(s->peer));
 }
 
 static void check_drain(kr__sock *s) {
@@ -428,7 +416,5 @@ void kr__sock_set_deadline(kr__sock *s, int ms, const char *why) {
 }
 
 void kr__sock_clear_deadline(kr__sock *s) { event_del(s->tev); }
-
-int kr__sock_fd(const kr__sock *s) { return s->fd; }
 
 const char *kr__sock_peer(const kr__sock *s) { return s->peer; }

@@ -85,7 +85,6 @@ void kr__sock_close_gracefully(kr__sock *s, int linger, int deadline_ms);
 void kr__sock_set_deadline(kr__sock *s, int ms, const char *why);
 void kr__sock_clear_deadline(kr__sock *s);
 
-int kr__sock_fd(const kr__sock *s);
 /* "ip:port" of the peer (or the connect target), for logs. */
 const char *kr__sock_peer(const kr__sock *s);
 

@@ -27,7 +27,6 @@ struct kr__splice {
   int stream_closed; /* the stream's on_close came */
   int finished;
   int busy; /* callbacks of this splice on the stack; free waits for 0 */
-  uint64_t to_socket, to_stream;
 };
 
 static const kr__stream_handler splice_handler;
@@ -91,7 +90,6 @@ static void pump_hold(kr__splice *sp) {
     if (w <= 0)
       return; /* on_writable comes back here */
     evbuffer_drain(sp->hold, (size_t)w);
-    sp->to_stream += (uint64_t)w;
   }
   if (!sp->s)
     return;
@@ -127,7 +125,6 @@ static void k_read(kr__sock *sock, const uint8_t *p, size_t n, void *ud) {
     else if (w < 0 && w != KR_EAGAIN)
       kr_stream_reset(sp->s, KR_CODE_INTERNAL, "stream write failed");
   }
-  sp->to_stream += done;
   if (sp->s && done < n) {
     /* The stream is full: keep the rest and stop reading until it drains. */
     evbuffer_add(sp->hold, p + done, n - done);
@@ -188,7 +185,6 @@ static void s_data(kr_stream *s, const uint8_t *p, size_t n, void *ud) {
     return;
   }
   sp->unconsumed += n;
-  sp->to_socket += n;
   give_credit(sp);
   if (kr__sock_pending(sp->sock) > 0)
     kr__sock_want_drain(sp->sock, SPLICE_LOW_WATER);
@@ -260,17 +256,3 @@ void kr__splice_peer_fin(kr__splice *sp) {
   if (sp->connected)
     kr__sock_shutdown_write(sp->sock);
 }
-
-void kr__splice_abort(kr__splice *sp, uint32_t code, const char *reason) {
-  if (sp->s) {
-    kr_stream *s = sp->s;
-    detach_stream(sp);
-    kr_stream_reset(s, code, reason);
-  }
-  sp->finished = 1;
-  if (sp->busy == 0)
-    splice_free(sp);
-}
-
-uint64_t kr__splice_bytes_to_socket(const kr__splice *sp) { return sp->to_socket; }
-uint64_t kr__splice_bytes_to_stream(const kr__splice *sp) { return sp->to_stream; }

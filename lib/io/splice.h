@@ -38,11 +38,4 @@ int kr__splice_new(kr_stream *s, kr__sock *sock, int connected, int reply,
  * socket's sending side once connected. */
 void kr__splice_peer_fin(kr__splice *sp);
 
-/* Resets the stream with code and frees the splice without calling done. */
-void kr__splice_abort(kr__splice *sp, uint32_t code, const char *reason);
-
-/* Bytes moved so far in each direction. */
-uint64_t kr__splice_bytes_to_socket(const kr__splice *sp);
-uint64_t kr__splice_bytes_to_stream(const kr__splice *sp);
-
 #endif

@@ -60,13 +60,14 @@ struct kr__transport {
 #define KR__TRANSPORT_HIGH_WATER ((size_t)1 << 20)
 #define KR__TRANSPORT_LOW_WATER ((size_t)256 << 10)
 
-/* Bytes libevent may move in one socket read or write. */
-#define KR__IO_CHUNK ((size_t)256 << 10)
-
 /* Seconds close() waits for buffered output before giving up. */
 #define KR__TRANSPORT_CLOSE_TIMEOUT_S 5
 
-/* Fills t->peer from a socket's peer address. */
+/* Writes a socket's peer address as "ip:port" / "[ip6]:port" into out.
+ * 0, or -1 (out untouched) when it has none. */
+int kr__peer_name(int fd, char *out, size_t size);
+
+/* Fills t->peer from a socket's peer address ("?" if unknown). */
 void kr__transport_set_peer(kr__transport *t, int fd);
 
 #endif

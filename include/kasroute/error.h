@@ -37,7 +37,8 @@ KR_BEGIN_DECLS
   X(CONFIG, -21, "invalid configuration")                                      \
   X(NOENT, -22, "no such entry")                                               \
   X(UPSTREAM, -23, "upstream service failed")                                  \
-  X(ADDR, -24, "invalid or unresolvable address")
+  X(ADDR, -24, "invalid or unresolvable address")                             \
+  X(PERM, -25, "not permitted for these credentials")
 
 typedef enum kr_error {
 #define KR__ERROR_ENUM(name, value, msg) KR_E##name = (value),

@@ -21,6 +21,7 @@
 #include "io/transport_ws.h"
 #include "io/url.h"
 #include "kas/relay.h"
+#include "kas/route.h"
 #include "kas/kas_internal.h"
 
 /* ---------------------------------------------------------------- options */
@@ -430,6 +431,7 @@ void kr_kas_free(kr_kas *k) {
    * stream close path of each mux, which kr__conn_free() does not run, so
    * release them explicitly first. */
   kr__relay_free_all(k);
+  kr__route_free_all(k);
   while (k->conns) {
     kas_conn *kc = k->conns;
     kconn_unlink(k, kc);

@@ -35,6 +35,7 @@ struct kr_kas_options {
 };
 
 typedef struct kr__relay kr__relay;
+typedef struct kr__route kr__route;
 typedef struct kas_conn kas_conn;
 
 /* One accepted connection, agent tunnel or API client. */
@@ -67,6 +68,7 @@ struct kr_kas {
   kr_mux_options *api_mux_opt;
   kas_conn *conns;
   kr__relay *relays; /* every live relay, for kr_kas_free() */
+  kr__route *routes; /* every pending route, for kr_kas_free() */
   /* Failing addresses, one table per listener kind (agent, API), so that
    * agents failing behind a NAT do not lock out API clients there. */
   kr__throttle throttle[2];

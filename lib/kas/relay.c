@@ -10,9 +10,7 @@
 #include "core/mux_internal.h"
 #include "io/log.h"
 #include "kas/relay.h"
-
-/* Tunnels tried for one stream before giving up on immediate routing. */
-#define KR__ROUTE_ATTEMPTS 8
+#include "kas/route.h"
 
 struct kr__relay {
   kr_kas *k;
@@ -20,9 +18,7 @@ struct kr__relay {
   kas_conn *ac;  /* tunnel connection, once routed */
   kr_stream *cs; /* client stream; NULL once it ended */
   kr_stream *as; /* tunnel stream; NULL before routing and once it ended */
-  kr__waiter *waiter;
-  kr_md *md; /* request metadata while routing (":agent" removed) */
-  size_t md_n;
+  kr__route *route; /* while routing */
   int open_fin;
   struct evbuffer *to_agent;  /* client bytes the tunnel stream refused */
   struct evbuffer *to_client; /* tunnel bytes the client stream refused */
@@ -41,9 +37,7 @@ static void relay_free(kr__relay *r) {
     r->k->relays = r->next;
   if (r->next)
     r->next->prev = r->prev;
-  if (r->waiter)
-    kr__registry_cancel(r->waiter);
-  free(r->md);
+  kr__route_cancel(r->route);
   if (r->to_agent)
     evbuffer_free(r->to_agent);
   if (r->to_client)
@@ -59,15 +53,6 @@ static void maybe_free(kr__relay *r) {
 void kr__relay_free_all(kr_kas *k) {
   while (k->relays)
     relay_free(k->relays);
-}
-
-/* Reports the tunnel's load to the registry after streams came or went. */
-static void update_load(kas_conn *ac) {
-  if (ac && ac->tunnel) {
-    kr_mux *m = kr__conn_mux(ac->conn);
-    kr__tunnel_set_load(ac->tunnel, (uint32_t)kr_mux_num_streams(m),
-                        kr_mux_rtt(m), kr_mux_can_open(m));
-  }
 }
 
 static void reset_stream(kr_stream **sp, uint32_t code, const char *reason) {
@@ -121,66 +106,30 @@ static void forward(struct evbuffer *buf, kr_stream *dst, kr_stream *src,
 
 /* ------------------------------------------------------------- routing */
 
-static void route(kr__relay *r);
-
-static int attach(kr__relay *r, kr__tunnel *t) {
-  kas_conn *ac = kr__tunnel_conn(t);
-  kr_mux *m = kr__conn_mux(ac->conn);
-  kr_stream *as;
-  int rc = kr_stream_open(m, r->md, r->md_n, r->open_fin, r, &as);
-  if (rc < 0) {
-    /* Full or draining: not a candidate until its load changes. */
-    kr__tunnel_set_load(t, (uint32_t)kr_mux_num_streams(m), kr_mux_rtt(m), 0);
-    return rc;
+/* The tunnel stream ended or was reset by the relay: account for it. */
+static void tunnel_done(kr__relay *r) {
+  if (r->routed) {
+    r->routed = 0;
+    kr__route_done(r->k, r->ac);
   }
-  kr__stream_set_handler(as, &agent_handler);
-  r->as = as;
-  r->ac = ac;
-  r->routed = 1;
-  free(r->md);
-  r->md = NULL;
-  r->k->stats[KR_KAS_STAT_STREAMS_ROUTED]++;
-  r->k->stats[KR_KAS_STAT_STREAMS_ACTIVE]++;
-  update_load(ac);
-  if (r->open_fin)
-    r->fin_to_agent = 0; /* the OPEN carried it */
-  drain(r->to_agent, r->as, r->cs, r->fin_to_agent);
-  return 0;
+  r->ac = NULL;
 }
 
-static void waiter_cb(kr__waiter *w, kr__tunnel *t, int status, void *ud) {
+static void routed(kr_stream *as, kas_conn *ac, uint32_t code,
+                   const char *reason, void *ud) {
   kr__relay *r = ud;
-  r->waiter = NULL;
-  if (status == 0 && t) {
-    route(r);
-    return;
-  }
-  r->k->stats[KR_KAS_STAT_ROUTE_TIMEOUTS]++;
-  char why[96];
-  snprintf(why, sizeof(why), "agent %" PRId64 " is not connected", r->agent_id);
-  kr__log(KR_LOG_INFO, "route_timeout", "kas=%s agent=%" PRId64, r->k->name,
-          r->agent_id);
-  reset_stream(&r->cs, KR_CODE_UNAVAILABLE, why);
-  maybe_free(r);
-}
-
-static void route(kr__relay *r) {
-  kr_kas *k = r->k;
-  for (int i = 0; i < KR__ROUTE_ATTEMPTS; i++) {
-    kr__tunnel *t = kr__registry_pick(k->reg, r->agent_id);
-    if (!t)
-      break;
-    if (attach(r, t) == 0)
-      return;
-  }
-  /* No usable tunnel now: wait for one (woken by registration). */
-  if (kr__registry_wait(k->reg, r->agent_id, kr__now_us() + k->opt.route_timeout,
-                        waiter_cb, r, &r->waiter) < 0) {
-    reset_stream(&r->cs, KR_CODE_UNAVAILABLE, "too many requests waiting");
+  r->route = NULL;
+  if (!as) {
+    reset_stream(&r->cs, code, reason);
     maybe_free(r);
     return;
   }
-  kr__kas_schedule_expiry(k);
+  r->as = as;
+  r->ac = ac;
+  r->routed = 1;
+  if (r->open_fin)
+    r->fin_to_agent = 0; /* the OPEN carried it */
+  drain(r->to_agent, r->as, r->cs, r->fin_to_agent);
 }
 
 static int md_is(const kr_md *m, const char *name) {
@@ -188,33 +137,17 @@ static int md_is(const kr_md *m, const char *name) {
   return m->name_len == len && memcmp(m->name, name, len) == 0;
 }
 
-/* Copies md without ":agent" into one allocation. */
-static int copy_md(kr__relay *r, const kr_md *md, size_t n) {
-  size_t bytes = n * sizeof(kr_md);
-  for (size_t i = 0; i < n; i++)
-    bytes += md[i].name_len + md[i].value_len;
-  kr_md *out = malloc(bytes ? bytes : 1);
-  if (!out)
-    return KR_ENOMEM;
-  uint8_t *p = (uint8_t *)(out + n);
+/* Copies md without ":agent" (entries only; bytes stay in md). */
+static kr_md *strip_agent(const kr_md *md, size_t n, size_t *out_n) {
+  kr_md *out = malloc((n ? n : 1) * sizeof(kr_md));
   size_t k = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (md_is(&md[i], KR_MD_AGENT))
-      continue;
-    memcpy(p, md[i].name, md[i].name_len);
-    out[k].name = p;
-    out[k].name_len = md[i].name_len;
-    p += md[i].name_len;
-    if (md[i].value_len)
-      memcpy(p, md[i].value, md[i].value_len);
-    out[k].value = p;
-    out[k].value_len = md[i].value_len;
-    p += md[i].value_len;
-    k++;
-  }
-  r->md = out;
-  r->md_n = k;
-  return 0;
+  if (!out)
+    return NULL;
+  for (size_t i = 0; i < n; i++)
+    if (!md_is(&md[i], KR_MD_AGENT))
+      out[k++] = md[i];
+  *out_n = k;
+  return out;
 }
 
 void kr__relay_start(kr_kas *k, kas_conn *cc, kr_stream *s, const kr_md *md,
@@ -250,7 +183,7 @@ void kr__relay_start(kr_kas *k, kas_conn *cc, kr_stream *s, const kr_md *md,
   }
   kr__relay *r = calloc(1, sizeof(*r));
   if (!r || !(r->to_agent = evbuffer_new()) ||
-      !(r->to_client = evbuffer_new()) || copy_md(r, md, n) < 0) {
+      !(r->to_client = evbuffer_new())) {
     if (r) {
       if (r->to_agent)
         evbuffer_free(r->to_agent);
@@ -272,7 +205,16 @@ void kr__relay_start(kr_kas *k, kas_conn *cc, kr_stream *s, const kr_md *md,
   k->relays = r;
   kr_stream_set_user_data(s, r);
   kr__stream_set_handler(s, &client_handler);
-  route(r);
+  size_t md_n;
+  kr_md *amd = strip_agent(md, n, &md_n);
+  if (!amd || kr__route_start(k, agent, amd, md_n, fin, &agent_handler, r,
+                              routed, &r->route) < 0) {
+    free(amd);
+    reset_stream(&r->cs, KR_CODE_INTERNAL, "out of memory");
+    maybe_free(r);
+    return;
+  }
+  free(amd);
 }
 
 /* ------------------------------------------------------ client stream */
@@ -298,15 +240,10 @@ static void c_close(kr_stream *s, uint32_t code, const uint8_t *reason,
                     size_t len, void *ud) {
   kr__relay *r = ud;
   r->cs = NULL;
-  if (code != KR_CODE_NO_ERROR && r->as) {
+  if (code != KR_CODE_NO_ERROR && r->as)
     reset_stream(&r->as, KR_CODE_CANCEL, "client went away");
-    update_load(r->ac);
-    r->ac = NULL;
-  }
-  if (r->as == NULL && r->routed) {
-    r->routed = 0;
-    r->k->stats[KR_KAS_STAT_STREAMS_ACTIVE]--;
-  }
+  if (r->as == NULL)
+    tunnel_done(r);
   maybe_free(r);
 }
 
@@ -322,15 +259,9 @@ static void a_reply(kr_stream *s, const kr_md *md, size_t n, int fin, void *ud) 
   if (kr_stream_reply(r->cs, md, n, fin) < 0) {
     /* Both streams end here without coming back to the relay (their
      * handlers are detached): account and free it now. */
-    kas_conn *ac = r->ac;
-    r->ac = NULL;
     reset_stream(&r->cs, KR_CODE_INTERNAL, "cannot relay the reply");
     reset_stream(&r->as, KR_CODE_CANCEL, "client stream failed");
-    if (r->routed) {
-      r->routed = 0;
-      r->k->stats[KR_KAS_STAT_STREAMS_ACTIVE]--;
-    }
-    update_load(ac);
+    tunnel_done(r);
     maybe_free(r);
     return;
   }
@@ -356,19 +287,13 @@ static void a_writable(kr_stream *s, void *ud) {
 static void a_close(kr_stream *s, uint32_t code, const uint8_t *reason,
                     size_t len, void *ud) {
   kr__relay *r = ud;
-  kas_conn *ac = r->ac;
   r->as = NULL;
-  r->ac = NULL;
   if (code != KR_CODE_NO_ERROR) {
     char why[KR_MAX_REASON + 1];
     snprintf(why, sizeof(why), "%.*s", (int)len, (const char *)reason);
     reset_stream(&r->cs, code, why);
   }
-  if (r->routed) {
-    r->routed = 0;
-    r->k->stats[KR_KAS_STAT_STREAMS_ACTIVE]--;
-  }
-  update_load(ac);
+  tunnel_done(r);
   maybe_free(r);
 }
 

@@ -1,0 +1,49 @@
+/* Opening a stream to a tunnel of an agent (DESIGN.md section 6): the
+ * least-loaded usable tunnel here, else a wait until one registers or the
+ * route deadline passes. Internal to the kas role; used by the relay
+ * (client streams) and the HTTP gateway (HTTP requests).
+ *
+ * The caller owns the opened tunnel stream: it gets the stream's events
+ * through the handler it passed, and must call kr__route_done() exactly
+ * once when that stream ended (its on_close, or after resetting it), so
+ * that the tunnel's load and the stream counters stay right.
+ */
+#ifndef KR_KAS_ROUTE_H
+#define KR_KAS_ROUTE_H
+
+#include "kas/kas_internal.h"
+
+typedef struct kr__route kr__route;
+
+/* The outcome, once:
+ *   s != NULL: the tunnel stream (on connection ac), opened with the
+ *     request's metadata, with the caller's handler and user data
+ *     attached; code is KR_CODE_NO_ERROR;
+ *   s == NULL: no tunnel: code KR_CODE_UNAVAILABLE (not connected before
+ *     the deadline; reason names the agent), KR_CODE_REFUSED (kas is
+ *     draining or too many requests wait) or KR_CODE_INTERNAL.
+ * The route object is gone when the callback runs. It may fire from
+ * inside kr__route_start(). */
+typedef void (*kr__route_cb)(kr_stream *s, kas_conn *ac, uint32_t code,
+                             const char *reason, void *ud);
+
+/* Routes a stream with metadata md[0..n) (copied; ":agent" is not sent to
+ * the agent and should not be in md) to agent. fin: the OPEN carries FIN.
+ * *out is set before any callback and identifies the pending route for
+ * kr__route_cancel(); the callback's firing ends it (clear your copy
+ * there). Returns 0 (the callback has fired or will), or KR_ENOMEM (no
+ * callback). */
+int kr__route_start(kr_kas *k, int64_t agent, const kr_md *md, size_t n,
+                    int fin, const kr__stream_handler *h, void *ud,
+                    kr__route_cb cb, kr__route **out);
+
+/* Abandons a pending route: no callback. NULL is a no-op. */
+void kr__route_cancel(kr__route *r);
+
+/* The caller's tunnel stream on ac ended (or the caller reset it). */
+void kr__route_done(kr_kas *k, kas_conn *ac);
+
+/* Frees every pending route without callbacks (kr_kas_free()). */
+void kr__route_free_all(kr_kas *k);
+
+#endif

@@ -15,7 +15,8 @@
 #include "common.h"
 
 static const char usage[] =
-    "Usage: agentd --kas URL --token-file FILE --service NAME=URL... [OPTIONS]\n"
+    "Usage: agentd --kas URL --token-file FILE --service NAME=URL... "
+    "[OPTIONS]\n"
     "\n"
     "The agent: keeps tunnels open to kas and serves its services.\n"
     "\n"
@@ -23,17 +24,33 @@ static const char usage[] =
     "                            tls://HOST:PORT, ws://HOST:PORT/PATH or\n"
     "                            wss://HOST:PORT/PATH\n"
     "  --token-file FILE         the agent token\n"
-    "  --service NAME=URL        a service; URL tcp://HOST:PORT (repeatable)\n"
+    "  --service NAME=URL        a service (repeatable); URL tcp://HOST:PORT,\n"
+    "                            http://HOST:PORT[/BASE] or https://...\n"
+    "  --service-ca NAME=FILE    CA bundle for the https service NAME\n"
+    "                            (default: system store)\n"
+    "  --service-insecure NAME   do not verify the certificate of the https\n"
+    "                            service NAME (tests only)\n"
+    "  --kubernetes              serve \"kubernetes\": the Kubernetes API "
+    "with\n"
+    "                            the in-cluster service account, acting for\n"
+    "                            the caller (impersonation)\n"
+    "  --kubernetes-url URL      its API server (http:// or https://) instead\n"
+    "                            of the in-cluster one\n"
+    "  --kubernetes-token-file F its bearer token (re-read when it changes)\n"
+    "  --kubernetes-ca-file F    its CA bundle\n"
+    "                            (any --kubernetes-* implies --kubernetes)\n"
     "  --connections N           tunnel connections to keep (2)\n"
     "  --name NAME               replica name (default: host name)\n"
     "  --ca-file FILE            CA bundle for tls:// (default: system store)\n"
-    "  --insecure-skip-verify    do not verify the kas certificate (tests only)\n"
+    "  --insecure-skip-verify    do not verify the kas certificate (tests "
+    "only)\n"
     "  --keepalive SECONDS       idle time before a PING (15); kas silent for\n"
     "                            3x this is considered gone\n"
     "  --drain-grace SECONDS     on SIGTERM, time open streams get (30)\n"
     "  --log-level LEVEL         error, warn, info (default) or debug\n"
     "  --config FILE             JSON object with the same keys, e.g.\n"
-    "                            {\"service\": [\"db=tcp://127.0.0.1:5432\"]}\n"
+    "                            {\"service\": [\"db=tcp://127.0.0.1:5432\"],\n"
+    "                             \"kubernetes\": true}\n"
     "  --help                    this text\n"
     "  --version                 print the version\n";
 
@@ -41,6 +58,12 @@ enum {
   OPT_KAS = 256,
   OPT_TOKEN,
   OPT_SERVICE,
+  OPT_SERVICE_CA,
+  OPT_SERVICE_INSECURE,
+  OPT_KUBE,
+  OPT_KUBE_URL,
+  OPT_KUBE_TOKEN,
+  OPT_KUBE_CA,
   OPT_CONNECTIONS,
   OPT_NAME,
   OPT_CA,
@@ -57,6 +80,12 @@ static const struct option opts[] = {
     {"kas", required_argument, NULL, OPT_KAS},
     {"token-file", required_argument, NULL, OPT_TOKEN},
     {"service", required_argument, NULL, OPT_SERVICE},
+    {"service-ca", required_argument, NULL, OPT_SERVICE_CA},
+    {"service-insecure", required_argument, NULL, OPT_SERVICE_INSECURE},
+    {"kubernetes", no_argument, NULL, OPT_KUBE},
+    {"kubernetes-url", required_argument, NULL, OPT_KUBE_URL},
+    {"kubernetes-token-file", required_argument, NULL, OPT_KUBE_TOKEN},
+    {"kubernetes-ca-file", required_argument, NULL, OPT_KUBE_CA},
     {"connections", required_argument, NULL, OPT_CONNECTIONS},
     {"name", required_argument, NULL, OPT_NAME},
     {"ca-file", required_argument, NULL, OPT_CA},
@@ -81,6 +110,31 @@ static int die(const char *fmt, const char *a, const char *b) {
   fprintf(stderr, fmt, a, b);
   fprintf(stderr, "\n");
   return 2;
+}
+
+/* --service-ca / --service-insecure name services that may come later on
+ * the command line or in the config file: they apply after all of them. */
+#define MAX_SERVICE_TLS 256
+typedef struct service_tls {
+  const char *name; /* points into the argument vector */
+  const char *ca;   /* NULL: --service-insecure */
+} service_tls;
+
+static int apply_service_tls(kr_agent_options *o, const service_tls *st,
+                             int n) {
+  for (int i = 0; i < n; i++) {
+    int rc = st[i].ca
+                 ? kr_agent_options_set_service_ca_file(o, st[i].name, st[i].ca)
+                 : kr_agent_options_set_service_verify(o, st[i].name, 0);
+    if (rc == KR_ENOENT)
+      return die("%s names no service \"%s\"",
+                 st[i].ca ? "--service-ca" : "--service-insecure", st[i].name);
+    if (rc < 0)
+      return die("%s %s: the service is not an http, https or kubernetes "
+                 "one, or the file name is invalid",
+                 st[i].ca ? "--service-ca" : "--service-insecure", st[i].name);
+  }
+  return 0;
 }
 
 static void drained(kr_agent *a, void *ud) {
@@ -111,6 +165,10 @@ int main(int argc, char **argv) {
   if (kr_agent_options_new(&o) < 0)
     return die("out of memory%s%s", "", "");
   const char *token_file = NULL;
+  const char *kube_url = NULL, *kube_token = NULL, *kube_ca = NULL;
+  int kube = 0;
+  static service_tls stls[MAX_SERVICE_TLS];
+  int n_stls = 0;
   int have_kas = 0, services = 0, rc = 0, c;
   int64_t grace = 30000000, v;
   char *eq;
@@ -119,7 +177,8 @@ int main(int argc, char **argv) {
     case OPT_KAS:
       if (kr_agent_options_set_kas_url(o, optarg) < 0)
         rc = die("invalid --kas URL \"%s\" (use tcp://, tls://, ws:// "
-                 "or wss://HOST:PORT)%s", optarg, "");
+                 "or wss://HOST:PORT)%s",
+                 optarg, "");
       have_kas = 1;
       break;
     case OPT_TOKEN:
@@ -144,12 +203,44 @@ int main(int argc, char **argv) {
         rc = die("service \"%s\" given twice%s", optarg, "");
         break;
       case KR_EADDR:
-        rc = die("service %s: invalid URL \"%s\" (use tcp://HOST:PORT)", optarg,
-                 eq + 1);
+        rc = die("service %s: invalid URL \"%s\" (use tcp://HOST:PORT, "
+                 "http://HOST:PORT[/BASE] or https://...)",
+                 optarg, eq + 1);
         break;
       default:
         rc = die("too many services%s%s", "", "");
       }
+      break;
+    case OPT_SERVICE_CA:
+    case OPT_SERVICE_INSECURE:
+      eq = c == OPT_SERVICE_CA ? strchr(optarg, '=') : NULL;
+      if (c == OPT_SERVICE_CA && !eq) {
+        rc = die("--service-ca wants NAME=FILE, got \"%s\"%s", optarg, "");
+        break;
+      }
+      if (n_stls == MAX_SERVICE_TLS) {
+        rc = die("too many --service-ca / --service-insecure%s%s", "", "");
+        break;
+      }
+      if (eq)
+        *eq = 0;
+      stls[n_stls].name = optarg;
+      stls[n_stls++].ca = eq ? eq + 1 : NULL;
+      break;
+    case OPT_KUBE:
+      kube = 1;
+      break;
+    case OPT_KUBE_URL:
+      kube = 1;
+      kube_url = optarg;
+      break;
+    case OPT_KUBE_TOKEN:
+      kube = 1;
+      kube_token = optarg;
+      break;
+    case OPT_KUBE_CA:
+      kube = 1;
+      kube_ca = optarg;
       break;
     case OPT_CONNECTIONS:
       v = strtol(optarg, &eq, 10);
@@ -203,6 +294,29 @@ int main(int argc, char **argv) {
     rc = die("unexpected argument \"%s\"%s", av[optind], "");
   if (rc == 0 && (!have_kas || !token_file))
     rc = die("--kas and --token-file are required (see --help)%s%s", "", "");
+  if (rc == 0 && kube) {
+    switch (kr_agent_options_add_kubernetes(o, "kubernetes", kube_url,
+                                            kube_token, kube_ca)) {
+    case 0:
+      services++;
+      break;
+    case KR_ESTATE:
+      rc = die("--kubernetes: a service named \"kubernetes\" exists "
+               "already%s%s",
+               "", "");
+      break;
+    case KR_EADDR:
+      rc = die("invalid --kubernetes-url \"%s\" (use http:// or "
+               "https://HOST:PORT)%s",
+               kube_url, "");
+      break;
+    default:
+      rc = die("invalid --kubernetes-token-file or --kubernetes-ca-file%s%s",
+               "", "");
+    }
+  }
+  if (rc == 0)
+    rc = apply_service_tls(o, stls, n_stls);
   if (rc == 0 && services == 0)
     fprintf(stderr, "agentd: warning: no --service given; every stream will "
                     "be refused\n");

@@ -18,18 +18,29 @@ static const char usage[] =
     "Usage: kasd [OPTIONS]\n"
     "\n"
     "The kas server: agents dial in and keep tunnels open; API clients open\n"
-    "streams to an agent's services through it.\n"
+    "streams to an agent's services through it, and HTTP clients reach them\n"
+    "through its HTTP gateway.\n"
     "\n"
     "  --agent-listen URL        where agents connect: tcp://HOST:PORT,\n"
     "                            tls://HOST:PORT, ws://HOST:PORT/PATH or\n"
     "                            wss://HOST:PORT/PATH (repeatable)\n"
     "  --api-listen URL          where API clients connect (repeatable)\n"
+    "  --http-listen URL         HTTP gateway: http://HOST:PORT or\n"
+    "                            https://HOST:PORT (repeatable); serves\n"
+    "                            /api/v1/agents/ID/services/NAME/... and\n"
+    "                            /k8s-proxy/...\n"
+    "  --user-tokens FILE        user tokens for \"Bearer pat:AGENT:TOKEN\" on\n"
+    "                            /k8s-proxy/: lines \"SHA256_HEX AGENTS USER\n"
+    "                            [GROUPS]\" (re-read on SIGHUP)\n"
+    "  --http-request-timeout SECONDS  time to receive a request head (30)\n"
+    "  --http-idle-timeout SECONDS     keep-alive idle time (60)\n"
     "  --agent-tokens FILE       agent token file: lines \"AGENT_ID SHA256_HEX NAME\"\n"
     "                            (re-read on SIGHUP)\n"
     "  --api-secret-file FILE    secret (>= 32 bytes) for API JWTs (HS256,\n"
     "                            audience gitlab-kas)\n"
-    "  --tls-cert FILE           certificate chain (PEM) for tls:// and wss://\n"
-    "  --tls-key FILE            private key (PEM) for tls:// and wss://\n"
+    "  --tls-cert FILE           certificate chain (PEM) for tls://, wss://\n"
+    "                            and https://\n"
+    "  --tls-key FILE            its private key (PEM)\n"
     "  --route-timeout SECONDS   how long a stream waits for its agent (20)\n"
     "  --keepalive SECONDS       idle time before a PING (15); a peer silent\n"
     "                            for 3x this is dropped\n"
@@ -46,6 +57,10 @@ static const char usage[] =
 enum {
   OPT_AGENT_LISTEN = 256,
   OPT_API_LISTEN,
+  OPT_HTTP_LISTEN,
+  OPT_USER_TOKENS,
+  OPT_HTTP_REQUEST_TIMEOUT,
+  OPT_HTTP_IDLE_TIMEOUT,
   OPT_TOKENS,
   OPT_SECRET,
   OPT_CERT,
@@ -64,6 +79,10 @@ enum {
 static const struct option opts[] = {
     {"agent-listen", required_argument, NULL, OPT_AGENT_LISTEN},
     {"api-listen", required_argument, NULL, OPT_API_LISTEN},
+    {"http-listen", required_argument, NULL, OPT_HTTP_LISTEN},
+    {"user-tokens", required_argument, NULL, OPT_USER_TOKENS},
+    {"http-request-timeout", required_argument, NULL, OPT_HTTP_REQUEST_TIMEOUT},
+    {"http-idle-timeout", required_argument, NULL, OPT_HTTP_IDLE_TIMEOUT},
     {"agent-tokens", required_argument, NULL, OPT_TOKENS},
     {"api-secret-file", required_argument, NULL, OPT_SECRET},
     {"tls-cert", required_argument, NULL, OPT_CERT},
@@ -130,6 +149,7 @@ int main(int argc, char **argv) {
     return die("out of memory%s%s", "", "");
   const char *cert = NULL, *key = NULL, *secret_file = NULL;
   int64_t grace = 30000000, keepalive = -1, v;
+  int64_t http_head = 30000000, http_idle = 60000000;
   int rc = 0, c;
   while ((c = getopt_long(ac, av, "", opts, NULL)) != -1 && rc == 0) {
     switch (c) {
@@ -139,6 +159,15 @@ int main(int argc, char **argv) {
                                  : kr_kas_options_add_api_listen(o, optarg)) < 0)
         rc = die("invalid listen URL \"%s\" (use tcp://, tls://, ws:// "
                  "or wss://HOST:PORT)%s", optarg, "");
+      break;
+    case OPT_HTTP_LISTEN:
+      if (kr_kas_options_add_http_listen(o, optarg) < 0)
+        rc = die("invalid HTTP listen URL \"%s\" (use http:// or "
+                 "https://HOST:PORT)%s", optarg, "");
+      break;
+    case OPT_USER_TOKENS:
+      if (kr_kas_options_set_user_tokens_file(o, optarg) < 0)
+        rc = die("path too long: %s%s", optarg, "");
       break;
     case OPT_TOKENS:
       kr_kas_options_set_agent_tokens_file(o, optarg);
@@ -156,6 +185,8 @@ int main(int argc, char **argv) {
     case OPT_KEEPALIVE:
     case OPT_HANDSHAKE:
     case OPT_GRACE:
+    case OPT_HTTP_REQUEST_TIMEOUT:
+    case OPT_HTTP_IDLE_TIMEOUT:
       if ((v = kr_cli_seconds(optarg)) <= 0) {
         rc = die("invalid duration \"%s\" (seconds expected)%s", optarg, "");
         break;
@@ -166,6 +197,10 @@ int main(int argc, char **argv) {
         keepalive = v;
       else if (c == OPT_HANDSHAKE)
         kr_kas_options_set_handshake_timeout(o, (kr_time_us)v);
+      else if (c == OPT_HTTP_REQUEST_TIMEOUT)
+        http_head = v;
+      else if (c == OPT_HTTP_IDLE_TIMEOUT)
+        http_idle = v;
       else
         grace = v;
       break;
@@ -199,6 +234,9 @@ int main(int argc, char **argv) {
   if (rc == 0 && keepalive > 0)
     kr_kas_options_set_keepalive(o, (kr_time_us)keepalive,
                                  (kr_time_us)keepalive * 3);
+  if (rc == 0 && kr_kas_options_set_http_timeouts(o, (kr_time_us)http_head,
+                                                  (kr_time_us)http_idle) < 0)
+    rc = die("HTTP timeouts must be at least 1 second%s%s", "", "");
   if (rc == 0 && (cert || key)) {
     if (!cert || !key || kr_kas_options_set_tls(o, cert, key) < 0)
       rc = die("--tls-cert and --tls-key go together%s%s", "", "");
@@ -240,8 +278,13 @@ int main(int argc, char **argv) {
   event_add(intr, NULL);
   event_add(hup, NULL);
   /* Machine-readable readiness line for scripts and tests. */
-  printf("kasd ready agent_port=%d api_port=%d\n", kr_kas_agent_port(d.kas, 0),
-         kr_kas_api_port(d.kas, 0));
+  int agent_port = kr_kas_agent_port(d.kas, 0),
+      api_port = kr_kas_api_port(d.kas, 0);
+  printf("kasd ready agent_port=%d api_port=%d", agent_port > 0 ? agent_port : 0,
+         api_port > 0 ? api_port : 0);
+  if (kr_kas_http_port(d.kas, 0) > 0)
+    printf(" http_port=%d", kr_kas_http_port(d.kas, 0));
+  printf("\n");
   fflush(stdout);
   event_base_dispatch(d.base);
   kr_kas_free(d.kas);

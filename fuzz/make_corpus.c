@@ -7,6 +7,8 @@
  * dialer sends after the HELLO prefix; see fuzz_common.h). Valid sequences
  * of every frame type and a few malformed ones, each well under 4 KiB. The
  * output is deterministic: rerunning it rewrites the same bytes.
+ * fuzz/corpus/fuzz_http_request/ and fuzz_http_response/ get HTTP/1.1
+ * message streams behind the configuration and seed bytes of fuzz_http.h.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -15,6 +17,8 @@
 #include <sys/stat.h>
 
 #include "fuzz_common.h"
+#define FZ_HTTP_NO_DRIVER
+#include "fuzz_http.h"
 
 typedef struct seed {
   uint8_t b[4096];
@@ -296,6 +300,103 @@ static void mux_corpus(void) {
   seed_write(t, "busy_mix_nomem", &s);
 }
 
+/* HTTP seeds: configuration byte, seed byte, then the message text. */
+static void http_seed(const char *target, const char *name, uint8_t cfg,
+                      uint8_t rnd, const char *text) {
+  seed s;
+  s.n = 0;
+  put(&s, &cfg, 1);
+  put(&s, &rnd, 1);
+  put(&s, text, strlen(text));
+  seed_write(target, name, &s);
+}
+
+static void http_corpus(void) {
+  const char *t = "fuzz_http_request";
+  const uint8_t p1 = 0u << FZ_HTTP_PIECE_SHIFT; /* one-byte pieces */
+  const uint8_t p4 = 4u << FZ_HTTP_PIECE_SHIFT;
+  const uint8_t p6 = 6u << FZ_HTTP_PIECE_SHIFT;
+  http_seed(t, "get", p4, 1,
+            "GET /api/v1/agents/1/services/web/x?y=1 HTTP/1.1\r\n"
+            "Host: kas.example\r\nAuthorization: Bearer abc\r\n"
+            "Accept: */*\r\n\r\n");
+  http_seed(t, "post_cl_pause", p1 | FZ_HTTP_PAUSE, 2,
+            "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n"
+            "Content-Type: text/plain\r\n\r\nhello world");
+  http_seed(t, "chunked_trailers", p4 | FZ_HTTP_PAUSE, 3,
+            "PUT /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+            "\r\n5;a=b\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 1\r\n\r\n");
+  http_seed(t, "pipelined", p6 | FZ_HTTP_RESUME_CB, 4,
+            "GET /1 HTTP/1.1\r\nHost: h\r\n\r\n"
+            "POST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+            "HEAD /3 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+  http_seed(t, "expect_continue", p4, 5,
+            "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n"
+            "Content-Length: 2\r\n\r\nok");
+  http_seed(t, "http10", p4, 6,
+            "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+            "GET / HTTP/1.0\r\n\r\n");
+  http_seed(t, "upgrade_ws", p4, 7,
+            "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade"
+            "\r\nUpgrade: websocket\r\nSec-WebSocket-Key: x\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n\x81\x05hello");
+  http_seed(t, "upgrade_spdy", p6, 8,
+            "POST /k8s-proxy/api/v1/namespaces/d/pods/p/exec?command=sh "
+            "HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
+            "Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: "
+            "v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\nRAW");
+  http_seed(t, "small_limits", p4 | FZ_HTTP_SMALL, 9,
+            "GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\nC: 3\r\n"
+            "D: 4\r\nE: 5\r\nF: 6\r\nG: 7\r\nH: 8\r\n\r\n");
+  http_seed(t, "refuse_second", p4 | FZ_HTTP_REFUSE, 10,
+            "GET /1 HTTP/1.1\r\nHost: h\r\n\r\n"
+            "GET /2 HTTP/1.1\r\nHost: h\r\n\r\n");
+  http_seed(t, "bad_cl_te", p4, 11,
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+  http_seed(t, "bad_bare_lf", p4, 12, "GET / HTTP/1.1\nHost: h\n\n");
+  http_seed(t, "bad_chunk_crlf", p4, 13,
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+            "\r\n3\r\nabcXY0\r\n\r\n");
+  http_seed(t, "bad_fold", p4, 14,
+            "GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n");
+
+  t = "fuzz_http_response";
+  http_seed(t, "cl", p4, 1,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            "Content-Length: 7\r\n\r\n{\"a\":1}");
+  http_seed(t, "chunked_pause", p1 | FZ_HTTP_PAUSE, 2,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "3\r\nabc\r\nA;x=1\r\n0123456789\r\n0\r\n\r\n");
+  http_seed(t, "close_delimited", p4, 3,
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil eof");
+  http_seed(t, "no_body_statuses", p6, 4,
+            "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"
+            "HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+  http_seed(t, "interim", p6 | FZ_HTTP_RESUME_CB, 5,
+            "HTTP/1.1 100 Continue\r\n\r\n"
+            "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            "HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok");
+  http_seed(t, "head_reply", p4 | FZ_HTTP_HEAD, 6,
+            "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi");
+  http_seed(t, "no_body_cb", p4 | FZ_HTTP_REFUSE, 7,
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"
+            "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "0\r\n\r\n");
+  http_seed(t, "switching", p4, 8,
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+            "Upgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\nRAW");
+  http_seed(t, "http10_close", p4, 9,
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nbody");
+  http_seed(t, "bad_status", p4, 10, "HTTP/1.1 999 Nope\r\n\r\n");
+  http_seed(t, "bad_te", p4, 11,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            "0\r\n\r\n");
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: %s CORPUS_DIR (e.g. fuzz/corpus)\n", argv[0]);
@@ -308,5 +409,6 @@ int main(int argc, char **argv) {
   }
   frame_corpus();
   mux_corpus();
+  http_corpus();
   return g_failed;
 }

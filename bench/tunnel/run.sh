@@ -120,136 +120,17 @@ ECHO=$BUILD/bench/tunnel/tunnel_upstream
 for b in "$KASD" "$AGENTD" "$KASCTL" "$LOAD" "$SINK" "$ECHO"; do
   [ -x "$b" ] || { echo "run.sh: missing $b (build it: meson compile -C $BUILD)" >&2; exit 2; }
 done
-BUILDTYPE=$(grep -o '"name": "buildtype", "value": "[a-z]*"' \
-  "$BUILD/meson-info/intro-buildoptions.json" 2>/dev/null | sed 's/.*"value": "//; s/"$//')
+. "$here/../lib.sh"
+BUILDTYPE=$(meson_buildtype "$BUILD")
 [ "$BUILDTYPE" = release ] ||
   echo "run.sh: warning: $BUILD is buildtype '${BUILDTYPE:-unknown}', not release" >&2
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/kr-tunnel-bench.XXXXXX")
-PIDS=()
-declare -A PNAME
-declare -A ALIVE
-
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
-
-# ppid of a pid, from /proc (empty when it is gone).
-ppid_of() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $2}'; }
-
-# Stop one process: SIGTERM, up to 3 s, then SIGKILL. Only pids this script
-# started get here (still our children: a pid that exited and was reused by
-# someone else is left alone), or the descendants of our sshd, passed with
-# a second argument "desc".
-stop_pid() {
-  local pid=$1 i
-  [ -n "$pid" ] || return 0
-  if [ "${2:-}" != desc ]; then
-    [ -n "${ALIVE[$pid]:-}" ] || return 0
-    unset "ALIVE[$pid]"
-    [ "$(ppid_of "$pid")" = "$$" ] || return 0
-  fi
-  kill -TERM "$pid" 2>/dev/null
-  for i in $(seq 60); do
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
-    sleep 0.05
-  done
-  kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
-  return 0
-}
-
-# All descendants of a pid, from /proc (children first in the output).
-descendants() {
-  local root=$1
-  awk -v root="$root" '
-    { line = $0; sub(/^[0-9]+ \(.*\) /, "", line); split(line, f, " ");
-      pid = $1; ppid = f[2]; parent[pid] = ppid; pids[++n] = pid }
-    END {
-      for (i = 1; i <= n; i++) {
-        p = pids[i]; q = parent[p]; d = 0
-        while (q != "" && q != 0 && d < 64) {
-          if (q == root) { print p; break }
-          q = parent[q]; d++
-        }
-      }
-    }' /proc/[0-9]*/stat 2>/dev/null
-}
-
-cleanup() {
-  local rc=$? i pid
-  trap - EXIT INT TERM
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    pid=${PIDS[$i]}
-    if [ "${PNAME[$pid]:-}" = sshd ] && [ -n "${ALIVE[$pid]:-}" ]; then
-      for d in $(descendants "$pid"); do stop_pid "$d" desc; done
-    fi
-    stop_pid "$pid"
-  done
-  if [ $KEEP = 1 ] || [ $rc != 0 ]; then
-    log "logs kept in $TMP"
-  else
-    rm -rf "$TMP"
-  fi
-  exit $rc
-}
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
-# start NAME CMD... : run in the background, stdout/stderr to $TMP/NAME.out
-# and $TMP/NAME.err; sets $LASTPID.
-start() {
-  local name=$1; shift
-  "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
-  LASTPID=$!
-  PIDS+=("$LASTPID")
-  ALIVE[$LASTPID]=1
-  PNAME[$LASTPID]=$name
-}
-
-# wait_until SECONDS PID WHAT CMD... : poll CMD until it succeeds; fail if
-# PID dies or the time runs out.
-wait_until() {
-  local secs=$1 pid=$2 what=$3; shift 3
-  local end=$((SECONDS + secs))
-  until "$@"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      log "$what: process ${PNAME[$pid]:-$pid} exited; its stderr:"
-      tail -n 20 "$TMP/${PNAME[$pid]:-x}.err" >&2 2>/dev/null
-      return 1
-    fi
-    [ $SECONDS -lt $end ] || { log "$what: not ready after ${secs}s"; return 1; }
-    sleep 0.05
-  done
-}
-
-# count_ge FILE PATTERN N: FILE has at least N lines matching PATTERN.
-count_ge() {
-  local n
-  n=$(grep -c -- "$2" "$1" 2>/dev/null) || true
-  [ "${n:-0}" -ge "$3" ]
-}
-
-# The watchdog: the whole run is bounded by --deadline. (It kills its own
-# sleep when stopped, so nothing outlives the script.)
-start watchdog bash -c 'trap "kill \$sp 2>/dev/null; exit 0" TERM
-  sleep "$1" & sp=$!; wait $sp && kill -TERM "$2"' watchdog "$DEADLINE" "$$"
-
-# CPU time (utime+stime, clock ticks) of pids and all their descendants.
-HZ=$(getconf CLK_TCK)
-cpu_ticks() {
-  local p all=() t=0
-  for p in "$@"; do all+=("$p"); mapfile -t -O "${#all[@]}" all < <(descendants "$p"); done
-  for p in "${all[@]}"; do
-    [ -r "/proc/$p/stat" ] || continue
-    t=$((t + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
-  done
-  echo $t
-}
-
-median() { sort -g | awk '{ v[NR] = $1 } END {
-  if (NR == 0) { print "nan"; exit }
-  if (NR % 2) printf "%.1f\n", v[(NR + 1) / 2];
-  else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# The whole run is bounded by --deadline.
+start_watchdog "$DEADLINE"
 
 mkdir -p "$TMP/res"
 
@@ -292,14 +173,14 @@ run_one() {
   "$LOAD" --port "$port" --conns "$conns" --bytes "$bytes" --timeout 300 \
     >"$TMP/load.line" 2>>"$TMP/load.err" &
   local lp=$!
-  PIDS+=("$lp"); ALIVE[$lp]=1; PNAME[$lp]=load
+  track load "$lp"
   if ! wait "$lp"; then
-    unset "ALIVE[$lp]"
+    untrack "$lp"
     log "$name $kind: tunnel_load failed:"
     grep -v '^tunnel_load: seed' "$TMP/load.err" | tail -n 6 >&2
     return 1
   fi
-  unset "ALIVE[$lp]"
+  untrack "$lp"
   line=$(cat "$TMP/load.line")
   for pair in ${PROCS[$name]}; do
     echo "${pair%%=*} $(($(cpu_ticks "${pair#*=}") - t0[i]))" \
@@ -332,16 +213,16 @@ echo_check() {
     "$LOAD" --port "$port" --mode echo --conns "$conns" --bytes "$bytes" \
       --timeout 30 >/dev/null 2>"$TMP/$name-echo-$spec.err" &
     lp=$!
-    PIDS+=("$lp"); ALIVE[$lp]=1; PNAME[$lp]=load
+    track load "$lp"
     if ! wait "$lp"; then
-      unset "ALIVE[$lp]"
+      untrack "$lp"
       log "$name: echo content check $spec FAILED:"
       grep -v '^tunnel_load: seed' "$TMP/$name-echo-$spec.err" | head -4 >&2
       CHECK_FAILED+=("$name")
       NOTES+=("$name: echo content check ($conns x $bytes, both directions at once) FAILED: $(grep -v '^tunnel_load: seed' "$TMP/$name-echo-$spec.err" | head -2 | tr '\n' ' ')")
       return 1
     fi
-    unset "ALIVE[$lp]"
+    untrack "$lp"
   done
   log "$name: echo content check passed (1 x 64 MiB, 20 x 4 MiB)"
   NOTES+=("$name: echo content check passed (1 x 64 MiB, 20 x 4 MiB, every byte compared)")
@@ -448,87 +329,24 @@ fi
 SSH_CIPHER=
 SSH_EXTRA_CIPHER=
 [ "$SSH_EXTRA" = none ] && ONLY=${ONLY//ssh-extra/}
-if { want ssh || want ssh-extra; } && [ ! -x /usr/sbin/sshd ]; then
-  if [ "$(id -u)" = 0 ]; then
-    log "installing openssh-server"
-    export DEBIAN_FRONTEND=noninteractive
-    timeout 300 apt-get install -y openssh-server >"$TMP/apt.log" 2>&1 ||
-      { timeout 300 apt-get update >>"$TMP/apt.log" 2>&1 &&
-        timeout 300 apt-get install -y openssh-server >>"$TMP/apt.log" 2>&1; } ||
-      tail -5 "$TMP/apt.log" >&2
-  else
-    log "openssh-server missing and not root: skipping ssh"
-  fi
-fi
-
-# The newest child of the sshd listener: sessions are set up one at a time,
-# so right after a client's forwards succeed it is that client's session.
-ssh_session_pid() {
-  local c newest='' t best=0
-  for c in $(awk -v p="$SSHD_PID" '{ line = $0; sub(/^[0-9]+ \(.*\) /, "", line);
-      split(line, f, " "); if (f[2] == p) print $1 }' /proc/[0-9]*/stat 2>/dev/null); do
-    t=$(sed 's/^.*) //' "/proc/$c/stat" | awk '{print $20}')
-    if [ "$t" -ge "$best" ]; then best=$t; newest=$c; fi
-  done
-  echo "$newest"
-}
 
 # ssh_up NAME CIPHER(or ""): an ssh client with -R for sink and echo; adds
 # the path NAME, charged with the ssh client and its sshd session tree.
 ssh_up() {
-  local name=$1 cipher=$2 copt=() fport eport pid sess
-  [ -n "$cipher" ] && copt=(-c "$cipher")
+  local name=$1 fport eport
   fport=$("$LOAD" --free-port)
   eport=$("$LOAD" --free-port)
   while [ "$eport" = "$fport" ]; do eport=$("$LOAD" --free-port); done
-  start "$name-ssh" ssh -N -F /dev/null -v -E "$TMP/$name-ssh.log" \
-    -R "127.0.0.1:$fport:127.0.0.1:$SINK_PORT" \
-    -R "127.0.0.1:$eport:127.0.0.1:$ECHO_PORT" \
-    -p "$SSHD_PORT" -i "$TMP/client_key" "${copt[@]}" \
-    -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-    -o BatchMode=yes -o IdentitiesOnly=yes -o ExitOnForwardFailure=yes \
-    "$(id -un)@127.0.0.1"
-  pid=$LASTPID
-  wait_until 15 $pid "$name ssh" \
-    count_ge "$TMP/$name-ssh.log" 'remote forward success' 2 ||
-    { tail -n 15 "$TMP/$name-ssh.log" >&2; return 1; }
-  sess=$(ssh_session_pid)
-  add_path "$name" "$fport" "$eport" "sshd=${sess:-$SSHD_PID} ssh=$pid"
+  ssh_reverse "$name" "$2" "$fport:$SINK_PORT" "$eport:$ECHO_PORT" || return 1
+  add_path "$name" "$fport" "$eport" "sshd=${SSH_SESSION_PID:-$SSHD_PID} ssh=$SSH_PID"
 }
 
-if [ -x /usr/sbin/sshd ] && { want ssh || want ssh-extra; }; then
-  ssh-keygen -q -t ed25519 -N '' -f "$TMP/host_key" -C bench-host
-  ssh-keygen -q -t ed25519 -N '' -f "$TMP/client_key" -C bench-client
-  cp "$TMP/client_key.pub" "$TMP/authorized_keys"
-  SSHD_PORT=$("$LOAD" --free-port)
-  cat >"$TMP/sshd_config" <<SSHD
-ListenAddress 127.0.0.1
-HostKey $TMP/host_key
-PidFile $TMP/sshd.pid
-AuthorizedKeysFile $TMP/authorized_keys
-StrictModes no
-UsePAM no
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-AllowTcpForwarding yes
-GatewayPorts no
-X11Forwarding no
-PrintMotd no
-UseDNS no
-LogLevel VERBOSE
-SSHD
-  # Debian's sshd wants its privilege separation directory.
-  [ "$(id -u)" = 0 ] && mkdir -p /run/sshd
-  start sshd /usr/sbin/sshd -D -e -f "$TMP/sshd_config" -p "$SSHD_PORT"
-  SSHD_PID=$LASTPID
-  if wait_until 10 $SSHD_PID "sshd" grep -q 'Server listening' "$TMP/sshd.err"; then
-    SSH_VERSION=$(ssh -V 2>&1)
+if { want ssh || want ssh-extra; } && ssh_available; then
+  if sshd_up "$("$LOAD" --free-port)"; then
     if want ssh; then
       log "setting up ssh -R (default ciphers)"
       if ssh_up ssh ""; then
-        SSH_CIPHER=$(sed -n 's/.*kex: server->client cipher: \([^ ]*\).*/\1/p' "$TMP/ssh-ssh.log" | head -1)
+        SSH_CIPHER=$SSH_CIPHER_USED
         NOTES+=("ssh: $SSH_VERSION; default ciphers negotiated ${SSH_CIPHER:-unknown} (server->client: the direction bulk data flows with -R)")
       else
         FAILED+=(ssh)
@@ -537,7 +355,7 @@ SSHD
     if want ssh-extra; then
       log "setting up ssh -R -c $SSH_EXTRA"
       if ssh_up ssh-extra "$SSH_EXTRA"; then
-        SSH_EXTRA_CIPHER=$(sed -n 's/.*kex: server->client cipher: \([^ ]*\).*/\1/p' "$TMP/ssh-extra-ssh.log" | head -1)
+        SSH_EXTRA_CIPHER=$SSH_CIPHER_USED
       else
         FAILED+=(ssh-extra)
       fi
@@ -595,8 +413,6 @@ cpu_line() {
 
 # ----------------------------------------------------------------- report
 med() { [ -s "$TMP/res/$1.$2" ] && median <"$TMP/res/$1.$2" || echo nan; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {
-  if (a == "nan" || b == "nan" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 label() {
   case $1 in
     direct) echo "direct (no tunnel)" ;;

@@ -3,8 +3,23 @@
  * A kr_agent keeps N tunnel connections dialed out to kas (tcp://, tls://,
  * ws:// or wss://), authenticates with its token (in HELLO, and on
  * WebSocket also as "Authorization: Bearer"), and serves the streams kas opens
- * by ":service" name. Built-in services: tcp://host:port (bytes piped to
- * the target). Connections are re-dialled with full-jitter exponential
+ * by ":service" name. Built-in services:
+ *   - tcp://host:port: bytes piped to the target;
+ *   - http://host:port[/base] and https://...: an HTTP/1.1 reverse proxy
+ *     speaking the "HTTP over streams" mapping (docs/PROTOCOL.md): the
+ *     OPEN carries ":method", ":path" and the request fields, the REPLY
+ *     ":status" and the response fields; bodies stream both ways with
+ *     backpressure; upstream connections are kept alive and reused; a
+ *     101 reply switches the stream to raw bytes (WebSocket, SPDY). An
+ *     upstream that cannot be reached or misbehaves resets the stream with
+ *     KR_CODE_UPSTREAM and a reason naming it;
+ *   - kubernetes: the HTTP proxy in front of a Kubernetes API server that
+ *     authenticates with the agent's service-account token and acts for
+ *     the caller named by kas (":user", ":group") through
+ *     Impersonate-User / Impersonate-Group; streams without ":user" are
+ *     refused (KR_CODE_UNAUTHORIZED) and callers' own Authorization and
+ *     Impersonate-* fields are dropped.
+ * Connections are re-dialled with full-jitter exponential
  * backoff (1 s doubling up to 30 s, reset after 60 s of stable
  * connection); when kas sends GOAWAY, a replacement connection is dialled
  * at once while the old one finishes its streams.
@@ -38,11 +53,45 @@ KR_API int kr_agent_options_set_token(kr_agent_options *o, const char *token,
 KR_API int kr_agent_options_set_connections(kr_agent_options *o, unsigned n);
 /* Replica name sent in HELLO (default: the host name). Max 127 bytes. */
 KR_API int kr_agent_options_set_name(kr_agent_options *o, const char *name);
-/* Adds a service: name (1..127 bytes of [A-Za-z0-9._-]) served by url
- * (tcp://host:port). KR_EINVAL bad name, KR_EADDR bad URL, KR_ETOOBIG
- * more than 256 services, KR_ESTATE duplicate name. */
+/* Adds a service: name (1..127 bytes of [A-Za-z0-9._-]) served by url:
+ * tcp://host:port, or http://host:port[/base] / https://host:port[/base]
+ * (an HTTP service: a request for ":path" P goes to base + P; https
+ * verifies the upstream certificate and host name against the system
+ * store unless kr_agent_options_set_service_ca_file() says otherwise).
+ * KR_EINVAL bad name, KR_EADDR bad URL, KR_ETOOBIG more than 256 services,
+ * KR_ESTATE duplicate name, KR_ENOMEM. */
 KR_API int kr_agent_options_add_service(kr_agent_options *o, const char *name,
                                         const char *url);
+/* CA bundle (PEM file) trusted for the https upstream of service name
+ * (copied; checked when the agent is created: KR_ETLS then).
+ * KR_ENOENT no such service, KR_EINVAL a tcp service or a NULL, empty or
+ * over-long (1023 bytes) path, KR_ENOMEM. */
+KR_API int kr_agent_options_set_service_ca_file(kr_agent_options *o,
+                                                const char *name,
+                                                const char *path);
+/* Certificate verification for the https upstream of service name
+ * (default 1). Turning it off is for tests only. KR_ENOENT no such
+ * service, KR_EINVAL a tcp service. */
+KR_API int kr_agent_options_set_service_verify(kr_agent_options *o,
+                                               const char *name, int verify);
+/* Adds a Kubernetes API service named name (usually "kubernetes").
+ * url_or_null: the API server (http:// or https://); NULL means the
+ * in-cluster configuration, read when the agent is created:
+ * https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT with the
+ * service-account token and CA under
+ * /var/run/secrets/kubernetes.io/serviceaccount (token, ca.crt).
+ * token_file_or_null: the bearer token file (overrides the in-cluster one;
+ * with an explicit URL, NULL sends no token); it is re-read when it
+ * changes, so rotation works. ca_file_or_null: the CA bundle (overrides
+ * the in-cluster one; with an explicit URL, NULL means the system store).
+ * Errors as kr_agent_options_add_service(), and KR_EINVAL for an empty or
+ * over-long (1023 bytes) path. kr_agent_new() fails with KR_ECONFIG when
+ * the token cannot be read or no cluster is found. */
+KR_API int kr_agent_options_add_kubernetes(kr_agent_options *o,
+                                           const char *name,
+                                           const char *url_or_null,
+                                           const char *token_file_or_null,
+                                           const char *ca_file_or_null);
 /* CA bundle for tls:// and wss:// (default: the system store). */
 KR_API int kr_agent_options_set_tls_ca_file(kr_agent_options *o,
                                             const char *path);
@@ -57,12 +106,15 @@ KR_API int kr_agent_options_set_keepalive(kr_agent_options *o,
 KR_API int kr_agent_options_set_backoff(kr_agent_options *o, kr_time_us base,
                                         kr_time_us cap);
 
-/* Creates the agent and starts dialling. o is copied. KR_ECONFIG (missing
- * URL or token), KR_ETLS (CA file), KR_ENOMEM, with a reason in err. */
+/* Creates the agent and its services and starts dialling. o is copied.
+ * KR_ECONFIG (missing URL or token; a kubernetes service without a
+ * cluster or a readable token), KR_ETLS (a CA file), KR_EADDR,
+ * KR_ENOMEM, with a reason in err. */
 KR_API int kr_agent_new(kr_agent **out, struct event_base *base,
                         const kr_agent_options *o, char *err, size_t errlen);
 
-/* Closes everything at once without callbacks and frees. NULL: no-op. */
+/* Closes everything at once without callbacks (streams in flight are
+ * reset, every upstream connection closed) and frees. NULL: no-op. */
 KR_API void kr_agent_free(kr_agent *a);
 
 /* Tunnel connections that completed their handshake and are serving. */

@@ -37,7 +37,24 @@ KR_API void kr_kas_options_free(kr_kas_options *o);
 KR_API int kr_kas_options_add_agent_listen(kr_kas_options *o, const char *url);
 /* Where API clients connect; same URL forms. */
 KR_API int kr_kas_options_add_api_listen(kr_kas_options *o, const char *url);
-/* Certificate chain and key (PEM files) for tls:// and wss:// listeners.
+/* Where HTTP clients connect to the gateway: http://host:port or
+ * https://host:port (docs: README "HTTP API"). Same limit as above. */
+KR_API int kr_kas_options_add_http_listen(kr_kas_options *o, const char *url);
+/* User-token file for "Authorization: Bearer pat:<agent>:<token>" on the
+ * HTTP gateway (README "User tokens"). Optional. Copied. */
+KR_API int kr_kas_options_set_user_tokens_file(kr_kas_options *o,
+                                               const char *path);
+/* HTTP gateway timeouts: receiving a request head (default 30 s) and a
+ * keep-alive connection's idle time (default 60 s). KR_EINVAL for 0. */
+KR_API int kr_kas_options_set_http_timeouts(kr_kas_options *o,
+                                            kr_time_us request_head,
+                                            kr_time_us idle);
+/* HTTP gateway limits: bytes of a request head (default 32 KiB, at most
+ * 60 KiB: a request's metadata must fit one frame) and header fields
+ * (default 128, at most 256). KR_EINVAL out of range. */
+KR_API int kr_kas_options_set_http_limits(kr_kas_options *o, size_t max_head,
+                                          size_t max_fields);
+/* Certificate chain and key (PEM files) for tls://, wss:// and https:// listeners.
  * Copied. */
 KR_API int kr_kas_options_set_tls(kr_kas_options *o, const char *cert_file,
                                   const char *key_file);
@@ -76,8 +93,9 @@ KR_API void kr_kas_free(kr_kas *k);
  * KR_EINVAL. */
 KR_API int kr_kas_agent_port(const kr_kas *k, size_t i);
 KR_API int kr_kas_api_port(const kr_kas *k, size_t i);
+KR_API int kr_kas_http_port(const kr_kas *k, size_t i);
 
-/* Re-reads the token file; on error the old table stays in force and the
+/* Re-reads the agent token file and the user-token file; on error the old table stays in force and the
  * reason is in err. Connected agents are not re-checked. */
 KR_API int kr_kas_reload_tokens(kr_kas *k, char *err, size_t errlen);
 
@@ -98,6 +116,7 @@ typedef enum kr_kas_stat {
   KR_KAS_STAT_STREAMS_ACTIVE,        /* spliced streams now */
   KR_KAS_STAT_THROTTLED,             /* connections refused unread because
                                         their address kept failing auth */
+  KR_KAS_STAT_HTTP_REQUESTS,         /* requests received by the gateway */
   KR_KAS_STAT_COUNT
 } kr_kas_stat;
 

@@ -10,32 +10,52 @@
 #include <kasroute/agent.h>
 #include <kasroute/error.h>
 
+#include "agent_internal.h"
 #include "core/backoff.h"
 #include "core/mux_internal.h"
+#include "http_service.h"
 #include "io/conn.h"
 #include "io/dial.h"
 #include "io/log.h"
 #include "io/sock.h"
 #include "io/splice.h"
 #include "io/url.h"
+#include "kube_service.h"
 
 #define KR__AGENT_MAX_SERVICES 256
 #define KR__AGENT_MAX_CONNS 64
 #define KR__AGENT_STABLE_US (60 * 1000000ull)
 
+typedef enum service_type { SVC_TCP, SVC_HTTP, SVC_KUBE } service_type;
+
+/* A configured service. Strings are owned by the options. */
 typedef struct agent_service {
   char name[128];
-  kr__url url;
+  service_type type;
+  kr__url url;      /* tcp: the target */
+  char *url_str;    /* http, kube: the URL (kube: NULL = in-cluster) */
+  char *ca_file;    /* http, kube: NULL = default trust */
+  char *token_file; /* kube */
+  int verify;
 } agent_service;
 
 struct kr_agent_options {
   kr__dial_opts dial; /* kas URL, token, TLS trust, keepalive */
   unsigned connections;
   char name[128];
-  agent_service services[KR__AGENT_MAX_SERVICES];
-  size_t n_services;
+  agent_service *services;
+  size_t n_services, cap_services;
   kr_time_us backoff_base, backoff_cap;
 };
+
+/* A service as it runs. */
+typedef struct agent_svc {
+  char name[128];
+  service_type type;
+  kr__url url;
+  kr__http_service *http;
+  kr__kube_service *kube;
+} agent_svc;
 
 typedef struct agent_slot agent_slot;
 typedef struct agent_link agent_link;
@@ -60,7 +80,9 @@ struct agent_slot {
 
 struct kr_agent {
   struct event_base *base;
-  kr_agent_options opt;
+  kr_agent_options opt; /* without the services: see svcs */
+  agent_svc *svcs;
+  size_t n_svcs;
   kr__dialer dialer;
   kr_mux_options *mux_opt;
   agent_slot slots[KR__AGENT_MAX_CONNS];
@@ -88,8 +110,17 @@ int kr_agent_options_new(kr_agent_options **out) {
   return 0;
 }
 
+static void service_clear(agent_service *sv) {
+  free(sv->url_str);
+  free(sv->ca_file);
+  free(sv->token_file);
+}
+
 void kr_agent_options_free(kr_agent_options *o) {
   if (o) {
+    for (size_t i = 0; i < o->n_services; i++)
+      service_clear(&o->services[i]);
+    free(o->services);
     kr__dial_opts_wipe(&o->dial);
     free(o);
   }
@@ -129,22 +160,133 @@ static int valid_service_name(const char *n) {
   return 1;
 }
 
+/* Appends a service named name; NULL with the error in *rc. */
+static agent_service *service_append(kr_agent_options *o, const char *name,
+                                     int *rc) {
+  if (!name || !valid_service_name(name)) {
+    *rc = KR_EINVAL;
+    return NULL;
+  }
+  if (o->n_services >= KR__AGENT_MAX_SERVICES) {
+    *rc = KR_ETOOBIG;
+    return NULL;
+  }
+  for (size_t i = 0; i < o->n_services; i++)
+    if (strcmp(o->services[i].name, name) == 0) {
+      *rc = KR_ESTATE;
+      return NULL;
+    }
+  if (o->n_services == o->cap_services) {
+    size_t cap = o->cap_services ? o->cap_services * 2 : 8;
+    agent_service *n = realloc(o->services, cap * sizeof(*n));
+    if (!n) {
+      *rc = KR_ENOMEM;
+      return NULL;
+    }
+    o->services = n;
+    o->cap_services = cap;
+  }
+  agent_service *sv = &o->services[o->n_services];
+  memset(sv, 0, sizeof(*sv));
+  snprintf(sv->name, sizeof(sv->name), "%s", name);
+  sv->verify = 1;
+  return sv;
+}
+
+static agent_service *service_find(kr_agent_options *o, const char *name) {
+  for (size_t i = 0; name && i < o->n_services; i++)
+    if (strcmp(o->services[i].name, name) == 0)
+      return &o->services[i];
+  return NULL;
+}
+
+/* strdup of an optional path of at most 1023 bytes; 0 or a KR_E* code. */
+static int dup_path(const char *path, char **out) {
+  *out = NULL;
+  if (!path)
+    return 0;
+  if (!*path || strlen(path) > 1023)
+    return KR_EINVAL;
+  return (*out = strdup(path)) ? 0 : KR_ENOMEM;
+}
+
 int kr_agent_options_add_service(kr_agent_options *o, const char *name,
                                  const char *url) {
-  if (!name || !valid_service_name(name))
-    return KR_EINVAL;
   char err[256];
   kr__url u;
-  if (kr__url_parse(url, &u, err, sizeof(err)) < 0 || u.scheme != KR__SCHEME_TCP)
+  if (!name || !valid_service_name(name))
+    return KR_EINVAL;
+  if (kr__url_parse(url, &u, err, sizeof(err)) < 0 ||
+      (u.scheme != KR__SCHEME_TCP && u.scheme != KR__SCHEME_HTTP &&
+       u.scheme != KR__SCHEME_HTTPS))
     return KR_EADDR;
-  if (o->n_services >= KR__AGENT_MAX_SERVICES)
-    return KR_ETOOBIG;
-  for (size_t i = 0; i < o->n_services; i++)
-    if (strcmp(o->services[i].name, name) == 0)
-      return KR_ESTATE;
-  snprintf(o->services[o->n_services].name, 128, "%s", name);
-  o->services[o->n_services].url = u;
+  int rc = 0;
+  agent_service *sv = service_append(o, name, &rc);
+  if (!sv)
+    return rc;
+  sv->url = u;
+  sv->type = u.scheme == KR__SCHEME_TCP ? SVC_TCP : SVC_HTTP;
+  if (sv->type == SVC_HTTP && !(sv->url_str = strdup(url)))
+    return KR_ENOMEM;
   o->n_services++;
+  return 0;
+}
+
+int kr_agent_options_add_kubernetes(kr_agent_options *o, const char *name,
+                                    const char *url, const char *token_file,
+                                    const char *ca_file) {
+  char err[256];
+  kr__url u;
+  if (!name || !valid_service_name(name))
+    return KR_EINVAL;
+  if (url && (kr__url_parse(url, &u, err, sizeof(err)) < 0 ||
+              (u.scheme != KR__SCHEME_HTTP && u.scheme != KR__SCHEME_HTTPS)))
+    return KR_EADDR;
+  char *tf = NULL, *ca = NULL, *us = NULL;
+  int rc = dup_path(token_file, &tf);
+  if (rc == 0)
+    rc = dup_path(ca_file, &ca);
+  if (rc == 0 && url && !(us = strdup(url)))
+    rc = KR_ENOMEM;
+  agent_service *sv = rc == 0 ? service_append(o, name, &rc) : NULL;
+  if (!sv) {
+    free(tf);
+    free(ca);
+    free(us);
+    return rc;
+  }
+  sv->type = SVC_KUBE;
+  sv->url_str = us;
+  sv->token_file = tf;
+  sv->ca_file = ca;
+  o->n_services++;
+  return 0;
+}
+
+int kr_agent_options_set_service_ca_file(kr_agent_options *o, const char *name,
+                                         const char *path) {
+  agent_service *sv = service_find(o, name);
+  if (!sv)
+    return KR_ENOENT;
+  if (sv->type == SVC_TCP || !path)
+    return KR_EINVAL;
+  char *ca;
+  int rc = dup_path(path, &ca);
+  if (rc < 0)
+    return rc;
+  free(sv->ca_file);
+  sv->ca_file = ca;
+  return 0;
+}
+
+int kr_agent_options_set_service_verify(kr_agent_options *o, const char *name,
+                                        int verify) {
+  agent_service *sv = service_find(o, name);
+  if (!sv)
+    return KR_ENOENT;
+  if (sv->type == SVC_TCP)
+    return KR_EINVAL;
+  sv->verify = verify ? 1 : 0;
   return 0;
 }
 
@@ -173,14 +315,14 @@ int kr_agent_options_set_backoff(kr_agent_options *o, kr_time_us base,
 
 /* ---------------------------------------------------------------- streams */
 
-static const agent_service *find_service(const kr_agent *a, const kr_md *md,
-                                         size_t n) {
+static const agent_svc *find_service(const kr_agent *a, const kr_md *md,
+                                     size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (md[i].name_len != strlen(KR_MD_SERVICE) ||
         memcmp(md[i].name, KR_MD_SERVICE, md[i].name_len) != 0)
       continue;
-    for (size_t j = 0; j < a->opt.n_services; j++) {
-      const agent_service *sv = &a->opt.services[j];
+    for (size_t j = 0; j < a->n_svcs; j++) {
+      const agent_svc *sv = &a->svcs[j];
       if (strlen(sv->name) == md[i].value_len &&
           memcmp(sv->name, md[i].value, md[i].value_len) == 0)
         return sv;
@@ -193,15 +335,15 @@ static const agent_service *find_service(const kr_agent *a, const kr_md *md,
 /* Placeholder callbacks until the splice takes the socket over. */
 static const kr__sock_cbs no_sock_cbs = {NULL, NULL, NULL, NULL, NULL};
 
-static void tcp_service(kr_agent *a, const agent_service *sv, kr_stream *s,
+static void tcp_service(kr_agent *a, const agent_svc *sv, kr_stream *s,
                         int fin) {
   kr__sock *sock;
   int rc = kr__sock_connect(a->base, sv->url.host, sv->url.port, &no_sock_cbs,
                             NULL, &sock);
   if (rc < 0) {
-    kr_stream_reset(s, KR_CODE_UPSTREAM, rc == KR_EADDR
-                                             ? "cannot resolve the upstream"
-                                             : "out of memory");
+    kr_stream_reset(s, KR_CODE_UPSTREAM,
+                    rc == KR_EADDR ? "cannot resolve the upstream"
+                                   : "out of memory");
     return;
   }
   kr__splice *sp;
@@ -217,13 +359,23 @@ static void on_stream(kr__conn *c, kr_stream *s, const kr_md *md, size_t n,
                       int fin, void *ud) {
   agent_link *l = ud;
   kr_agent *a = l->a;
-  const agent_service *sv = find_service(a, md, n);
+  const agent_svc *sv = find_service(a, md, n);
   if (!sv) {
     kr_stream_reset(s, KR_CODE_NOT_FOUND, "unknown service");
     kr__conn_kick(c);
     return;
   }
-  tcp_service(a, sv, s, fin);
+  switch (sv->type) {
+  case SVC_TCP:
+    tcp_service(a, sv, s, fin);
+    break;
+  case SVC_HTTP:
+    kr__http_service_serve(sv->http, s, md, n, fin, NULL, 0, NULL, NULL);
+    break;
+  case SVC_KUBE:
+    kr__kube_service_serve(sv->kube, s, md, n, fin);
+    break;
+  }
   kr__conn_kick(c);
 }
 
@@ -330,8 +482,8 @@ static void dial(agent_slot *slot) {
   l->slot = slot;
   const kr__url *u = &a->opt.dial.url;
   kr__transport *t = NULL;
-  int rc = kr__dialer_connect(&a->dialer, a->opt.dial.token, a->opt.dial.token_len,
-                              10000, &t);
+  int rc = kr__dialer_connect(&a->dialer, a->opt.dial.token,
+                              a->opt.dial.token_len, 10000, &t);
   if (rc == 0)
     rc = kr__conn_new(a->base, t, 0, a->mux_opt, &agent_conn_cbs, l, &l->conn);
   if (rc < 0) {
@@ -354,6 +506,34 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg) {
     dial(slot);
 }
 
+/* Creates the running services from the options. On failure the ones
+ * made are left in a->svcs for kr_agent_free(). */
+static int start_services(kr_agent *a, const kr_agent_options *o, char *err,
+                          size_t errlen) {
+  if (o->n_services == 0)
+    return 0;
+  a->svcs = calloc(o->n_services, sizeof(*a->svcs));
+  if (!a->svcs)
+    return KR_ENOMEM;
+  for (size_t i = 0; i < o->n_services; i++) {
+    const agent_service *c = &o->services[i];
+    agent_svc *sv = &a->svcs[a->n_svcs++];
+    memcpy(sv->name, c->name, sizeof(sv->name));
+    sv->type = c->type;
+    sv->url = c->url;
+    int rc = 0;
+    if (c->type == SVC_HTTP)
+      rc = kr__http_service_new(a->base, c->name, c->url_str, c->ca_file,
+                                c->verify, &sv->http, err, errlen);
+    else if (c->type == SVC_KUBE)
+      rc = kr__kube_service_new(a->base, c->name, c->url_str, c->token_file,
+                                c->ca_file, c->verify, &sv->kube, err, errlen);
+    if (rc < 0)
+      return rc;
+  }
+  return 0;
+}
+
 int kr_agent_new(kr_agent **out, struct event_base *base,
                  const kr_agent_options *o, char *err, size_t errlen) {
   char dummy[8];
@@ -363,8 +543,9 @@ int kr_agent_new(kr_agent **out, struct event_base *base,
   }
   err[0] = 0;
   if (!o->dial.has_url || !o->dial.token_len) {
-    snprintf(err, errlen, "%s", !o->dial.has_url ? "the kas URL is required"
-                                             : "the agent token is required");
+    snprintf(err, errlen, "%s",
+             !o->dial.has_url ? "the kas URL is required"
+                              : "the agent token is required");
     return KR_ECONFIG;
   }
   kr_agent *a = calloc(1, sizeof(*a));
@@ -372,12 +553,18 @@ int kr_agent_new(kr_agent **out, struct event_base *base,
     return KR_ENOMEM;
   a->base = base;
   a->opt = *o;
-  int rc = kr__dialer_init_opts(&a->dialer, base, &o->dial, err, errlen);
-  kr_md md[2] = {
-      {(const uint8_t *)KR_MD_TOKEN, strlen(KR_MD_TOKEN),
-       (const uint8_t *)o->dial.token, o->dial.token_len},
-      {(const uint8_t *)KR_MD_NAME, strlen(KR_MD_NAME),
-       (const uint8_t *)o->name, strlen(o->name)}};
+  a->opt.services = NULL; /* owned by o; the agent keeps a->svcs */
+  a->opt.n_services = a->opt.cap_services = 0;
+  int rc = start_services(a, o, err, errlen);
+  if (rc < 0) {
+    kr_agent_free(a);
+    return rc;
+  }
+  rc = kr__dialer_init_opts(&a->dialer, base, &o->dial, err, errlen);
+  kr_md md[2] = {{(const uint8_t *)KR_MD_TOKEN, strlen(KR_MD_TOKEN),
+                  (const uint8_t *)o->dial.token, o->dial.token_len},
+                 {(const uint8_t *)KR_MD_NAME, strlen(KR_MD_NAME),
+                  (const uint8_t *)o->name, strlen(o->name)}};
   if (rc == 0 && kr_mux_options_new(&a->mux_opt) < 0)
     rc = KR_ENOMEM;
   if (rc == 0) {
@@ -424,13 +611,29 @@ void kr_agent_free(kr_agent *a) {
       event_free(a->slots[i].retry_ev);
   if (a->drain_ev)
     event_free(a->drain_ev);
+  /* Every stream has ended: the services hold only idle connections. */
+  for (size_t i = 0; i < a->n_svcs; i++) {
+    kr__http_service_free(a->svcs[i].http);
+    kr__kube_service_free(a->svcs[i].kube);
+  }
+  free(a->svcs);
   kr_mux_options_free(a->mux_opt);
   kr__dialer_free(&a->dialer); /* after the conns */
   kr__dial_opts_wipe(&a->opt.dial);
   free(a);
 }
 
-unsigned kr_agent_connected(const kr_agent *a) { return a->ready; }
+unsigned kr_agent_connected(const kr_agent *a) {
+  return a->ready;
+}
+
+kr__http_service *kr__agent_http_service(kr_agent *a, const char *name) {
+  for (size_t i = 0; i < a->n_svcs; i++)
+    if (strcmp(a->svcs[i].name, name) == 0)
+      return a->svcs[i].kube ? kr__kube_service_http(a->svcs[i].kube)
+                             : a->svcs[i].http;
+  return NULL;
+}
 
 static void drain_cb(evutil_socket_t fd, short what, void *arg) {
   kr_agent *a = arg;

@@ -35,11 +35,13 @@
 #define KR__MDLIST_MAX_BYTES ((size_t)60 << 10)
 
 typedef struct kr__mdlist {
-  kr_md *md; /* entries; their bytes point into separate allocations */
+  kr_md *md; /* entries; their bytes point into owned blocks that never
+                move, so md[i] stays valid until kr__mdlist_free */
   size_t n, cap;
-  size_t bytes;
-  uint8_t **blocks; /* owned copies */
+  size_t bytes;     /* names and values, counted against the limit */
+  uint8_t **blocks; /* owned copies, several entries per block */
   size_t n_blocks, cap_blocks;
+  size_t block_used, block_cap; /* fill of the last block */
 } kr__mdlist;
 
 void kr__mdlist_init(kr__mdlist *l);

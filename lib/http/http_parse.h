@@ -12,14 +12,39 @@
  *     until its predecessor's response is done;
  *   - after on_head of an upgrade (a request with "Connection: upgrade" and
  *     an "Upgrade" field, or a 101 response): every later byte is not HTTP
- *     (the caller relays it raw); the parser is then finished;
+ *     (the caller relays it raw), including the body an upgrade request's
+ *     fields may announce; on_end is not called; the parser is then
+ *     finished and later feed() calls return KR_ESTATE;
  *   - when on_body returned KR__HTTP_PAUSE (the receiver is full): call
  *     kr__http_parser_resume() and feed the unconsumed rest again later.
- * The caller keeps unconsumed bytes and feeds them again.
+ *     (When that was the body's last chunk, the count may leave out the
+ *     body's last byte; feeding it again completes the message.)
+ * The caller keeps unconsumed bytes and feeds them again. While paused,
+ * feed() consumes nothing and returns 0.
  *
- * Errors: feed() returns KR_EPROTO (malformed message) or KR_ETOOBIG (a
- * limit was exceeded), and kr__http_parser_error() gives a short reason
- * fit for an HTTP 400/431 body; the parser is then dead.
+ * Interim responses: a 1xx other than 101 (100 Continue, 103) is reported
+ * as a message of its own: on_head (status 1xx, has_body 0), then on_end;
+ * after resume() the next head is the final response (or another 1xx).
+ *
+ * What is refused beyond libhttp-parser's grammar, as KR_EPROTO: bare LF,
+ * CR not followed by LF, NUL and obsolete line folding anywhere in a head;
+ * field names that are not tokens (so "Name : v" too); HTTP versions other
+ * than 1.x; CONNECT; HTTP/1.1 requests without exactly one Host (HTTP/1.0:
+ * more than one); Content-Length together with Transfer-Encoding, or
+ * repeated (even with equal values); Transfer-Encoding naming anything but
+ * a single "chunked"; response status outside 100..599. Chunk extensions
+ * are ignored; trailer fields are counted against max_head and dropped.
+ *
+ * Errors: feed() returns KR_EPROTO (malformed message), KR_ETOOBIG (a
+ * limit was exceeded: the reason is "request header too large" /
+ * "response header too large" / "too many header fields", fit for a 431),
+ * KR_ENOMEM, or the error a callback returned; kr__http_parser_error()
+ * gives a short reason fit for an HTTP 400/431 body; the parser is then
+ * dead (every later feed() returns the same error).
+ *
+ * Memory: one arena per parser holds the head; it grows to the largest
+ * head seen (at most max_head plus two bytes per field) and is reused, so
+ * steady-state parsing allocates nothing.
  *
  * Callbacks may not free the parser; they may call resume/pause helpers.
  */
@@ -35,8 +60,13 @@
 #define KR__HTTP_DEFAULT_MAX_HEAD ((size_t)32 << 10) /* start line + fields */
 #define KR__HTTP_DEFAULT_MAX_FIELDS 128
 
+/* A zero member means its default; larger values than
+ * KR__HTTP_MAX_LIMIT (bytes) and KR__HTTP_MAX_LIMIT / 64 (fields) are
+ * capped to those. */
+#define KR__HTTP_MAX_LIMIT ((size_t)1 << 30)
 typedef struct kr__http_limits {
-  size_t max_head;   /* bytes of start line and header fields together */
+  size_t max_head;   /* bytes of start line and header fields together,
+                        line ends and the final empty line included */
   size_t max_fields; /* number of header fields */
 } kr__http_limits;
 
@@ -62,17 +92,25 @@ typedef struct kr__http_head {
   int64_t content_length;
   int chunked;
   /* The message has a body to read (requests: Content-Length > 0 or
-   * chunked; responses: anything but 1xx/204/304 or a reply to HEAD). */
+   * chunked, and not an upgrade; responses: anything but 1xx/204/304, a
+   * reply to HEAD (expect_head_response) or Content-Length: 0). A chunked
+   * body may still turn out empty. Set to 0 when on_head returned
+   * KR__HTTP_NO_BODY. */
   int has_body;
-  int keep_alive;      /* the connection may carry another message after */
+  int keep_alive;      /* the connection may carry another message after
+                          (HTTP/1.1 unless "Connection: close"; HTTP/1.0 only
+                          with "Connection: keep-alive"; never for a response
+                          delimited by the connection close) */
   int upgrade;         /* see above: bytes after this head are raw */
-  int expect_continue; /* request carried "Expect: 100-continue" */
+  int expect_continue; /* HTTP/1.1 request carried "Expect: 100-continue" */
 } kr__http_head;
 
 /* Return values of the callbacks besides 0 (go on). */
-#define KR__HTTP_PAUSE 1   /* on_body: stop after this chunk */
-#define KR__HTTP_NO_BODY 2 /* on_head of a response: it has no body (the
-                              request was HEAD); ignored for requests */
+/* on_body: stop after this chunk. */
+#define KR__HTTP_PAUSE 1
+/* on_head of a response: it has no body (the request was HEAD); ignored
+ * for requests. */
+#define KR__HTTP_NO_BODY 2
 
 typedef struct kr__http_parser_cbs {
   /* The head is complete. Return 0, KR__HTTP_NO_BODY, or a negative
@@ -94,10 +132,9 @@ int kr__http_parser_new(kr__http_parser **out, int is_request,
 void kr__http_parser_free(kr__http_parser *p);
 
 /* Consumes up to n bytes; returns the count consumed (see the flow
- * control rules above) or KR_EPROTO / KR_ETOOBIG / the error a callback
- * returned. */
-int64_t kr__http_parser_feed(kr__http_parser *p, const uint8_t *data,
-                             size_t n);
+ * control rules above) or KR_EPROTO / KR_ETOOBIG / KR_ENOMEM / the error a
+ * callback returned, or KR_ESTATE after an upgrade. */
+int64_t kr__http_parser_feed(kr__http_parser *p, const uint8_t *data, size_t n);
 
 /* The input ended (the peer closed). Completes a response whose body is
  * delimited by the connection close (on_end fires). Returns 0 if the
@@ -110,7 +147,9 @@ int kr__http_parser_eof(kr__http_parser *p);
 void kr__http_parser_resume(kr__http_parser *p);
 
 /* Responses only: the next response answers a HEAD request (no body
- * whatever its fields say). Call before feeding that response. */
+ * whatever its fields say). Call before feeding that response; it holds
+ * across interim 1xx responses and is cleared when a final response
+ * ends. */
 void kr__http_parser_expect_head_response(kr__http_parser *p, int on);
 
 /* 1 while a message has started (bytes of it consumed) and not ended. */

@@ -39,7 +39,7 @@ static void accept_cb(struct evconnlistener *el, evutil_socket_t fd,
               sizeof(addr));
   kr__transport *t = NULL;
   int rc, open = 0;
-  if (l->scheme == KR__SCHEME_TLS) {
+  if (l->scheme == KR__SCHEME_TLS || l->scheme == KR__SCHEME_HTTPS) {
     rc = kr__tls_accept(l->base, fd, l->tls, l->handshake_ms,
                         &kr__transport_nop_cbs, NULL, &t);
   } else if (l->scheme == KR__SCHEME_WS || l->scheme == KR__SCHEME_WSS) {
@@ -72,7 +72,8 @@ int kr__listener_new(struct event_base *base, const kr__url *u, int kind,
                      kr__tls_config *cfg, int handshake_ms, kr__accept_cb cb,
                      void *ud, kr__listener **out, char *err, size_t errlen) {
   if (u->scheme != KR__SCHEME_TCP && u->scheme != KR__SCHEME_TLS &&
-      u->scheme != KR__SCHEME_WS && u->scheme != KR__SCHEME_WSS) {
+      u->scheme != KR__SCHEME_WS && u->scheme != KR__SCHEME_WSS &&
+      u->scheme != KR__SCHEME_HTTP && u->scheme != KR__SCHEME_HTTPS) {
     snprintf(err, errlen, "listener scheme %s is not supported",
              kr__scheme_name(u->scheme));
     return KR_EADDR;

@@ -12,6 +12,7 @@
 /* What a listener is for; opaque to this module, reported back. */
 #define KR__LISTEN_AGENT 1
 #define KR__LISTEN_API 2
+#define KR__LISTEN_HTTP 3
 
 typedef struct kr__listener kr__listener;
 
@@ -21,7 +22,8 @@ typedef struct kr__listener kr__listener;
 typedef void (*kr__accept_cb)(kr__listener *l, kr__transport *t, int open,
                               const char *addr, void *ud);
 
-/* Binds u (tcp://, tls://, ws:// or wss://; tls needs cfg, wss the files
+/* Binds u (tcp://, tls://, ws://, wss://, and http:// / https://, which
+ * are plain TCP / TLS byte streams; tls needs cfg, wss the files
  * of kr__listener_set_tls_files()). handshake_ms bounds TLS handshakes and
  * WebSocket upgrades. Returns 0, KR_EADDR (resolve or bind failed, reason
  * in err) or KR_ENOMEM. */

@@ -1,2 +1,997 @@
-/* Placeholder until the module lands. */
-typedef int kr__placeholder_gateway;
+/* The kas HTTP gateway (see gateway.h). */
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <kasroute/error.h>
+
+#include "core/mux_internal.h"
+#include "http/http_map.h"
+#include "http/http_parse.h"
+#include "io/log.h"
+#include "kas/gateway.h"
+#include "kas/http_auth.h"
+#include "kas/route.h"
+
+/* Unparsed client input held per connection (pipelined requests, body
+ * bytes waiting for the tunnel stream): reading stops above it. */
+#define GW_INPUT_LIMIT ((size_t)256 << 10)
+/* Request body bytes held while the tunnel stream refuses more: the
+ * parser pauses above it. */
+#define GW_BODY_LIMIT ((size_t)256 << 10)
+/* Response bytes queued for a slow client before stream credit is held
+ * back (the agent's window then stops the flow). */
+#define GW_OUTPUT_LOW ((size_t)256 << 10)
+/* A client that neither sends nor receives while it owes us progress. */
+#define GW_STALL_TIMEOUT_S 60
+
+#define API_PREFIX "/api/v1/agents/"
+#define K8S_PREFIX "/k8s-proxy"
+
+typedef struct gw_conn gw_conn;
+
+typedef enum gw_timer_phase {
+  GW_T_NONE,
+  GW_T_HEAD, /* waiting for a request head: idle or request timeout */
+  GW_T_IO    /* the client owes progress (reading our output, sending body) */
+} gw_timer_phase;
+
+/* One request being served. */
+typedef struct gw_req {
+  gw_conn *gc;
+  int64_t agent;
+  kr__route *route;   /* while routing */
+  kr_stream *ts;      /* tunnel stream while open */
+  kas_conn *ac;       /* its tunnel connection */
+  int routed;         /* kr__route_done() owed */
+  int open_fin;       /* the OPEN carried FIN (no body) */
+  int has_body;
+  int body_done;      /* the request message ended (parser on_end) */
+  int fin_sent;       /* FIN sent on ts (or carried by the OPEN) */
+  int upgrade;        /* the request asks for an upgrade */
+  int expect_continue;
+  int is_head;
+  int http10;
+  int keep_alive;     /* the client allows another request after this */
+  struct evbuffer *to_agent; /* body bytes ts refused */
+  /* Response state. */
+  int replied;        /* a response head went to the client */
+  int chunked;        /* we frame the body in chunks */
+  int close_delimited;/* the body ends with the connection */
+  int no_body;
+  int resp_done;      /* the response is complete */
+  size_t owed;        /* bytes received on ts, not yet consumed */
+} gw_req;
+
+struct gw_conn {
+  kr_kas *k;
+  kr__transport *t;
+  int secure;
+  char addr[64];
+  kr__http_parser *parser;
+  struct evbuffer *in;  /* received, not yet consumed by the parser */
+  struct evbuffer *out; /* for the client, refused by the transport */
+  gw_req *req;
+  int paused;   /* the parser waits (body backpressure, response pending) */
+  int upgraded; /* raw relay after a 101 */
+  int closing;  /* close once the output is sent; read nothing more */
+  int reading;
+  int in_feed;     /* inside kr__http_parser_feed() */
+  int want_resume; /* resume the parser once feed() returns */
+  int depth;    /* callbacks on the stack */
+  int dead;     /* free when depth returns to 0 */
+  struct event *timer;
+  gw_timer_phase phase;
+  gw_conn *prev, *next;
+};
+
+static const kr__stream_handler tunnel_handler;
+static void process(gw_conn *gc);
+static void finish_request(gw_conn *gc);
+
+/* ------------------------------------------------------------ lifetime */
+
+static void req_free(gw_req *r) {
+  if (!r)
+    return;
+  kr__route_cancel(r->route);
+  if (r->to_agent)
+    evbuffer_free(r->to_agent);
+  free(r);
+}
+
+/* Detaches the tunnel stream from the request; reset it unless it ended
+ * cleanly (code KR_CODE_NO_ERROR and both directions closed). */
+static void release_stream(gw_req *r, uint32_t code, const char *why) {
+  if (!r->ts)
+    return;
+  kr_stream *s = r->ts;
+  r->ts = NULL;
+  kr__stream_set_handler(s, NULL);
+  kr_stream_set_user_data(s, NULL);
+  if (code != KR_CODE_NO_ERROR)
+    kr_stream_reset(s, code, why);
+  if (r->routed) {
+    r->routed = 0;
+    kr__route_done(r->gc->k, r->ac);
+  }
+}
+
+static void conn_unlink(gw_conn *gc) {
+  kr_kas *k = gc->k;
+  if (gc->prev)
+    gc->prev->next = gc->next;
+  else if (k->gw_conns == gc)
+    k->gw_conns = gc->next;
+  if (gc->next)
+    gc->next->prev = gc->prev;
+  gc->prev = gc->next = NULL;
+}
+
+static void conn_free_now(gw_conn *gc) {
+  if (gc->req) {
+    release_stream(gc->req, KR_CODE_CANCEL, "client went away");
+    req_free(gc->req);
+    gc->req = NULL;
+  }
+  if (gc->t)
+    gc->t->ops->free(gc->t);
+  kr__http_parser_free(gc->parser);
+  if (gc->in)
+    evbuffer_free(gc->in);
+  if (gc->out)
+    evbuffer_free(gc->out);
+  if (gc->timer)
+    event_free(gc->timer);
+  free(gc);
+}
+
+/* Ends the connection at once (no linger): the transport is freed, the
+ * tunnel stream reset. Deferred while callbacks are on the stack. */
+static void conn_kill(gw_conn *gc) {
+  if (gc->dead)
+    return;
+  gc->dead = 1;
+  kr_kas *k = gc->k;
+  conn_unlink(gc);
+  if (gc->req)
+    release_stream(gc->req, KR_CODE_CANCEL, "client went away");
+  if (gc->timer)
+    event_del(gc->timer);
+  if (gc->t) {
+    gc->t->ops->free(gc->t);
+    gc->t = NULL;
+  }
+  if (gc->depth == 0)
+    conn_free_now(gc);
+  kr__kas_maybe_drained(k);
+}
+
+static void enter(gw_conn *gc) { gc->depth++; }
+
+/* Returns 0 if gc is still alive. */
+static int leave(gw_conn *gc) {
+  if (--gc->depth == 0 && gc->dead) {
+    conn_free_now(gc);
+    return -1;
+  }
+  return gc->dead ? -1 : 0;
+}
+
+/* ----------------------------------------------------------- timers */
+
+static void set_timer(gw_conn *gc, gw_timer_phase ph, int seconds) {
+  gc->phase = ph;
+  if (ph == GW_T_NONE) {
+    event_del(gc->timer);
+    return;
+  }
+  struct timeval tv = {seconds, 0};
+  event_add(gc->timer, &tv);
+}
+
+/* Chooses the timer after a state change. The head timer is set once per
+ * request (so a client trickling bytes cannot extend it); the I/O timer is
+ * re-armed on progress. Waiting for the agent has no timer here: a
+ * Kubernetes watch may be silent for minutes, and the route deadline
+ * bounds the wait for a tunnel. */
+static void update_timer(gw_conn *gc, int progress) {
+  gw_req *r = gc->req;
+  if (gc->dead)
+    return;
+  if (!r && !gc->upgraded && !gc->closing) {
+    if (gc->phase != GW_T_HEAD) {
+      kr_time_us t = kr__http_parser_in_message(gc->parser)
+                         ? gc->k->opt.http_request_timeout
+                         : gc->k->opt.http_idle_timeout;
+      set_timer(gc, GW_T_HEAD, (int)(t / 1000000u));
+    }
+    return;
+  }
+  int owes = evbuffer_get_length(gc->out) > 0 ||
+             (r && !r->body_done && !gc->paused && !r->upgrade);
+  if (!owes) {
+    if (gc->phase != GW_T_NONE)
+      set_timer(gc, GW_T_NONE, 0);
+    return;
+  }
+  if (gc->phase != GW_T_IO || progress)
+    set_timer(gc, GW_T_IO, GW_STALL_TIMEOUT_S);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg) {
+  gw_conn *gc = arg;
+  kr__log(KR_LOG_INFO, "http_timeout", "kas=%s peer=%s phase=%s",
+          gc->k->name, gc->t ? gc->t->peer : "?",
+          gc->phase == GW_T_HEAD ? "request" : "stalled");
+  conn_kill(gc);
+}
+
+/* ------------------------------------------------------------ output */
+
+/* Sends queued output; returns credit on the tunnel stream for response
+ * bytes once the queue is short again. */
+static void flush(gw_conn *gc) {
+  if (!gc->t)
+    return;
+  while (evbuffer_get_length(gc->out) > 0) {
+    struct evbuffer_iovec v;
+    if (evbuffer_peek(gc->out, -1, NULL, &v, 1) < 1)
+      break;
+    size_t w = gc->t->ops->write(gc->t, v.iov_base, v.iov_len);
+    evbuffer_drain(gc->out, w);
+    if (w < v.iov_len)
+      break;
+  }
+  gw_req *r = gc->req;
+  if (r && r->ts && r->owed && evbuffer_get_length(gc->out) <= GW_OUTPUT_LOW) {
+    kr_stream_consume(r->ts, r->owed);
+    r->owed = 0;
+  }
+  if (gc->closing && evbuffer_get_length(gc->out) == 0 && !gc->dead) {
+    /* Everything is out: close with a FIN, reading until the client's. */
+    kr__transport *t = gc->t;
+    set_timer(gc, GW_T_NONE, 0);
+    t->ops->close(t);
+  }
+}
+
+static void send_bytes(gw_conn *gc, const void *p, size_t n) {
+  if (!gc->t || gc->dead)
+    return;
+  if (evbuffer_get_length(gc->out) == 0) {
+    size_t w = gc->t->ops->write(gc->t, p, n);
+    p = (const uint8_t *)p + w;
+    n -= w;
+  }
+  if (n)
+    evbuffer_add(gc->out, p, n);
+}
+
+/* The small JSON error every failure answers with. */
+static void send_error(gw_conn *gc, int status, const char *code,
+                       const char *msg) {
+  gw_req *r = gc->req;
+  if (r && r->replied) {
+    /* Mid-response: the only signal left is a cut connection. */
+    conn_kill(gc);
+    return;
+  }
+  if (!r || (r->has_body && !r->body_done) || r->upgrade)
+    gc->closing = 1; /* the rest of the request cannot be skipped safely */
+  json_t *j = json_pack("{s:s, s:s}", "error", msg, "code", code);
+  char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
+  json_decref(j);
+  const char *b = body ? body : "{\"error\":\"internal error\"}";
+  char head[256];
+  int hl = snprintf(head, sizeof(head),
+                    "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                    "content-length: %zu\r\n%s\r\n",
+                    status, kr__http_reason(status), strlen(b) + 1,
+                    gc->closing ? "connection: close\r\n" : "");
+  send_bytes(gc, head, (size_t)hl);
+  send_bytes(gc, b, strlen(b));
+  send_bytes(gc, "\n", 1);
+  free(body);
+  if (r) {
+    r->replied = 1;
+    r->resp_done = 1;
+  }
+  kr__log(KR_LOG_INFO, "http_error", "kas=%s peer=%s status=%d code=%s",
+          gc->k->name, gc->t ? gc->t->peer : "?", status, code);
+  flush(gc);
+}
+
+/* Maps why a tunnel stream ended before a response to an HTTP error. */
+static void send_stream_error(gw_conn *gc, uint32_t code, const char *why) {
+  switch (code) {
+  case KR_CODE_NOT_FOUND:
+    send_error(gc, 404, "not_found", why);
+    break;
+  case KR_CODE_UNAVAILABLE:
+    send_error(gc, 504, "agent_not_connected", why);
+    break;
+  case KR_CODE_TIMEOUT:
+    send_error(gc, 504, "timeout", why);
+    break;
+  case KR_CODE_UNAUTHORIZED:
+    send_error(gc, 403, "forbidden", why);
+    break;
+  case KR_CODE_REFUSED:
+  case KR_CODE_SHUTDOWN:
+    send_error(gc, 503, "unavailable", why);
+    break;
+  case KR_CODE_INTERNAL:
+    send_error(gc, 500, "internal", why);
+    break;
+  default:
+    send_error(gc, 502, "upstream_failed", why);
+    break;
+  }
+}
+
+/* ----------------------------------------------------- request body */
+
+/* Moves held body bytes into the tunnel stream; sends FIN once the body
+ * ended and nothing is held. Returns credit-free: body bytes are not
+ * stream data we received, so only the parser is paused/resumed. */
+static void push_body(gw_req *r) {
+  if (!r->ts)
+    return;
+  struct evbuffer *b = r->to_agent;
+  while (evbuffer_get_length(b) > 0) {
+    struct evbuffer_iovec v;
+    if (evbuffer_peek(b, -1, NULL, &v, 1) < 1)
+      break;
+    int64_t w = kr_stream_write(r->ts, v.iov_base, v.iov_len);
+    if (w <= 0)
+      break;
+    evbuffer_drain(b, (size_t)w);
+    if ((size_t)w < v.iov_len)
+      break;
+  }
+  if (r->body_done && !r->fin_sent && !r->upgrade &&
+      evbuffer_get_length(b) == 0) {
+    r->fin_sent = 1;
+    kr_stream_close_write(r->ts);
+  }
+}
+
+/* Body bytes from the client (or raw bytes after an upgrade). */
+static void to_agent(gw_req *r, const uint8_t *p, size_t n) {
+  if (r->ts && evbuffer_get_length(r->to_agent) == 0) {
+    int64_t w = kr_stream_write(r->ts, p, n);
+    if (w > 0) {
+      p += w;
+      n -= (size_t)w;
+    }
+  }
+  if (n)
+    evbuffer_add(r->to_agent, p, n);
+}
+
+/* --------------------------------------------------- request routing */
+
+static int is_service_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+}
+
+/* The fields the gateway never forwards: credentials meant for kas, and
+ * what it sets itself. */
+static int skip_field(const char *name, size_t len, void *ud) {
+  static const char *const skip[] = {
+      "authorization", "host", "expect", "x-forwarded-for",
+      "x-forwarded-proto", "x-forwarded-host", "proxy-authorization"};
+  for (size_t i = 0; i < sizeof(skip) / sizeof(skip[0]); i++)
+    if (strlen(skip[i]) == len && memcmp(skip[i], name, len) == 0)
+      return 1;
+  return 0;
+}
+
+static const char *field(const kr__http_head *h, const char *name) {
+  const kr_md *m = kr__md_find(h->fields, h->n_fields, name);
+  return m ? (const char *)m->value : NULL;
+}
+
+static void routed(kr_stream *s, kas_conn *ac, uint32_t code,
+                   const char *reason, void *ud) {
+  gw_req *r = ud;
+  gw_conn *gc = r->gc;
+  r->route = NULL;
+  if (!s) {
+    send_stream_error(gc, code, reason);
+    if (r->body_done || r->resp_done)
+      finish_request(gc);
+    return;
+  }
+  r->ts = s;
+  r->ac = ac;
+  r->routed = 1;
+  if (r->expect_continue && !r->body_done)
+    send_bytes(gc, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+  push_body(r);
+}
+
+/* Builds the stream metadata for a request and starts routing it.
+ * Returns 0, or a negative error after answering the client. */
+static int start_request(gw_conn *gc, const kr__http_head *h) {
+  kr_kas *k = gc->k;
+  gw_req *r = gc->req;
+  const char *target = h->target;
+  const char *service = NULL, *path = "/";
+  size_t service_len = 0;
+  kr__http_auth_kind kind;
+  int64_t agent = 0;
+
+  if (strncmp(target, API_PREFIX, strlen(API_PREFIX)) == 0) {
+    kind = KR__AUTH_SERVICE_PROXY;
+    const char *p = target + strlen(API_PREFIX);
+    char *end;
+    if (*p < '1' || *p > '9') {
+      send_error(gc, 404, "not_found", "expected /api/v1/agents/{id}/services/{service}/...");
+      return KR_EINVAL;
+    }
+    long long id = strtoll(p, &end, 10);
+    if (strncmp(end, "/services/", 10) != 0 || id <= 0) {
+      send_error(gc, 404, "not_found", "expected /api/v1/agents/{id}/services/{service}/...");
+      return KR_EINVAL;
+    }
+    agent = id;
+    service = end + 10;
+    while (is_service_char(service[service_len]))
+      service_len++;
+    char after = service[service_len];
+    if (service_len == 0 || service_len > 127 ||
+        (after != 0 && after != '/' && after != '?')) {
+      send_error(gc, 404, "not_found", "invalid service name");
+      return KR_EINVAL;
+    }
+    if (after == '/')
+      path = service + service_len;
+    else if (after == '?')
+      path = service + service_len; /* "?query" on the service root */
+  } else if (strncmp(target, K8S_PREFIX, strlen(K8S_PREFIX)) == 0 &&
+             (target[strlen(K8S_PREFIX)] == '/' ||
+              target[strlen(K8S_PREFIX)] == '?' ||
+              target[strlen(K8S_PREFIX)] == 0)) {
+    kind = KR__AUTH_K8S_PROXY;
+    service = "kubernetes";
+    service_len = strlen(service);
+    if (target[strlen(K8S_PREFIX)])
+      path = target + strlen(K8S_PREFIX);
+  } else {
+    send_error(gc, 404, "not_found", "unknown path");
+    return KR_EINVAL;
+  }
+
+  /* Who is calling. */
+  const char *authz = field(h, "authorization");
+  kr__identity id;
+  const char *reason = NULL;
+  kr__http_auth_cfg cfg = {k->api_secret_len ? k->api_secret : NULL,
+                           k->api_secret_len, k->user_tokens};
+  int rc = kr__http_auth_check(&cfg, authz, authz ? strlen(authz) : 0, kind,
+                               (int64_t)time(NULL), &id, &reason);
+  if (rc == KR_EPERM || rc == KR_EAUTH) {
+    k->stats[KR_KAS_STAT_AUTH_FAILURES]++;
+    send_error(gc, rc == KR_EPERM ? 403 : 401,
+               rc == KR_EPERM ? "forbidden" : "unauthorized",
+               reason ? reason : "credentials refused");
+    return rc;
+  }
+  if (rc < 0) { /* out of memory, or a server-side misconfiguration */
+    send_error(gc, 500, "internal", "cannot check credentials");
+    return rc;
+  }
+  if (kind == KR__AUTH_K8S_PROXY)
+    agent = id.agent_id;
+  if (!kr__identity_allows(&id, agent)) {
+    send_error(gc, 403, "forbidden", "agent not allowed for these credentials");
+    return KR_EPERM;
+  }
+  for (size_t i = 0; i < h->n_fields; i++) {
+    const kr_md *f = &h->fields[i];
+    if (f->name_len >= 12 && memcmp(f->name, "impersonate-", 12) == 0) {
+      send_error(gc, 403, "forbidden",
+                 "Impersonate-* headers are not accepted: the caller's "
+                 "identity comes from its credentials");
+      return KR_EPERM;
+    }
+  }
+
+  /* The stream's metadata. */
+  kr__mdlist md;
+  kr__mdlist_init(&md);
+  rc = kr__mdlist_add(&md, KR_MD_SERVICE, strlen(KR_MD_SERVICE), service,
+                      service_len);
+  if (rc == 0)
+    rc = kr__mdlist_adds(&md, KR_MD_METHOD, h->method);
+  if (rc == 0)
+    rc = kr__mdlist_add(&md, KR_MD_PATH, strlen(KR_MD_PATH), path,
+                        strlen(path));
+  if (rc == 0)
+    rc = kr__http_copy_fields(&md, h, skip_field, NULL);
+  if (rc == 0) {
+    const char *xff = field(h, "x-forwarded-for");
+    char buf[1024];
+    if (xff && strlen(xff) < sizeof(buf) - 80)
+      snprintf(buf, sizeof(buf), "%s, %s", xff, gc->addr);
+    else
+      snprintf(buf, sizeof(buf), "%s", gc->addr);
+    rc = kr__mdlist_adds(&md, "x-forwarded-for", buf);
+  }
+  if (rc == 0)
+    rc = kr__mdlist_adds(&md, "x-forwarded-proto",
+                         gc->secure ? "https" : "http");
+  const char *host = field(h, "host");
+  if (rc == 0 && host)
+    rc = kr__mdlist_adds(&md, "x-forwarded-host", host);
+  if (rc == 0 && kind == KR__AUTH_K8S_PROXY) {
+    rc = kr__mdlist_adds(&md, KR__MD_USER, id.user);
+    for (size_t i = 0; rc == 0 && i < id.n_groups; i++)
+      rc = kr__mdlist_adds(&md, KR__MD_GROUP, id.groups[i]);
+  }
+  if (rc < 0) {
+    kr__mdlist_free(&md);
+    if (rc == KR_ETOOBIG)
+      send_error(gc, 431, "header_too_large", "request header too large");
+    else
+      send_error(gc, 500, "internal", "out of memory");
+    return rc;
+  }
+
+  r->agent = agent;
+  r->open_fin = !h->has_body && !h->upgrade;
+  r->fin_sent = r->open_fin;
+  r->expect_continue = h->expect_continue;
+  r->is_head = h->is_head;
+  r->http10 = h->http_major == 1 && h->http_minor == 0;
+  k->stats[KR_KAS_STAT_HTTP_REQUESTS]++;
+  rc = kr__route_start(k, agent, md.md, md.n, r->open_fin, &tunnel_handler,
+                       r, routed, &r->route);
+  kr__mdlist_free(&md);
+  if (rc < 0) {
+    send_error(gc, 500, "internal", "out of memory");
+    return rc;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------- parser callbacks */
+
+static int p_head(const kr__http_head *h, void *ud) {
+  gw_conn *gc = ud;
+  gw_req *r = calloc(1, sizeof(*r));
+  if (!r || !(r->to_agent = evbuffer_new())) {
+    free(r);
+    return KR_ENOMEM;
+  }
+  r->gc = gc;
+  r->has_body = h->has_body;
+  r->upgrade = h->upgrade;
+  /* A draining kas answers this request, then closes. */
+  r->keep_alive = h->keep_alive && !gc->k->draining;
+  gc->req = r;
+  set_timer(gc, GW_T_NONE, 0);
+  int has_body = h->has_body;
+  /* r may be gone when this returns (answered and finished at once). */
+  if (start_request(gc, h) < 0)
+    return has_body || gc->closing ? KR_ECLOSED : 0;
+  return 0;
+}
+
+static int p_body(const uint8_t *p, size_t n, void *ud) {
+  gw_conn *gc = ud;
+  gw_req *r = gc->req;
+  if (!r || r->resp_done)
+    return 0; /* answered already: the body is dropped */
+  to_agent(r, p, n);
+  return evbuffer_get_length(r->to_agent) > GW_BODY_LIMIT ? KR__HTTP_PAUSE : 0;
+}
+
+static int p_end(void *ud) {
+  gw_conn *gc = ud;
+  gw_req *r = gc->req;
+  if (!r)
+    return 0;
+  r->body_done = 1;
+  push_body(r);
+  gc->paused = 1; /* the next request waits for this response */
+  if (r->resp_done)
+    finish_request(gc);
+  return 0;
+}
+
+static const kr__http_parser_cbs parser_cbs = {p_head, p_body, p_end};
+
+/* ---------------------------------------------------- input pumping */
+
+/* Feeds buffered input to the parser (or, after an upgrade, to the
+ * tunnel stream) until it pauses or the input is used up; then decides
+ * whether to keep reading. */
+static void process(gw_conn *gc) {
+  if (gc->in_feed)
+    return; /* the feed loop below goes on by itself */
+  while (!gc->dead && !gc->closing && evbuffer_get_length(gc->in) > 0) {
+    gw_req *r = gc->req;
+    if (gc->upgraded) {
+      if (!r || !r->ts || evbuffer_get_length(r->to_agent) > GW_BODY_LIMIT)
+        break;
+      size_t n = evbuffer_get_length(gc->in);
+      uint8_t *p = evbuffer_pullup(gc->in, -1);
+      to_agent(r, p, n);
+      evbuffer_drain(gc->in, n);
+      break;
+    }
+    if (gc->paused || (r && r->upgrade))
+      break; /* an upgrade's bytes wait for the 101 */
+    struct evbuffer_iovec v;
+    if (evbuffer_peek(gc->in, -1, NULL, &v, 1) < 1)
+      break;
+    gc->in_feed = 1;
+    int64_t used = kr__http_parser_feed(gc->parser, v.iov_base, v.iov_len);
+    gc->in_feed = 0;
+    if (gc->dead)
+      return;
+    if (gc->want_resume) {
+      gc->want_resume = 0;
+      kr__http_parser_resume(gc->parser);
+    }
+    if (used < 0) {
+      if (used == KR_ECLOSED || gc->closing) {
+        flush(gc);
+        break;
+      }
+      const char *why = kr__http_parser_error(gc->parser);
+      if (gc->req)
+        release_stream(gc->req, KR_CODE_CANCEL, "malformed request");
+      gc->closing = 1;
+      if (used == KR_ETOOBIG)
+        send_error(gc, 431, "header_too_large",
+                   why[0] ? why : "request header too large");
+      else if (used == KR_ENOMEM)
+        send_error(gc, 500, "internal", "out of memory");
+      else
+        send_error(gc, 400, "bad_request", why[0] ? why : "malformed request");
+      return;
+    }
+    evbuffer_drain(gc->in, (size_t)used);
+    r = gc->req;
+    if ((size_t)used < v.iov_len && r && !r->body_done && !r->upgrade &&
+        !gc->paused)
+      gc->paused = 1; /* body backpressure (KR__HTTP_PAUSE) */
+  }
+  if (gc->dead || !gc->t)
+    return;
+  int want = !gc->closing && evbuffer_get_length(gc->in) < GW_INPUT_LIMIT;
+  if (want != gc->reading) {
+    gc->reading = want;
+    gc->t->ops->set_reading(gc->t, want);
+  }
+  update_timer(gc, 0);
+}
+
+/* The response is complete and the request fully read: ready for the
+ * next request, or close. */
+static void finish_request(gw_conn *gc) {
+  gw_req *r = gc->req;
+  if (!r)
+    return;
+  if (r->ts)
+    release_stream(r, r->resp_done && r->fin_sent ? KR_CODE_NO_ERROR
+                                                   : KR_CODE_CANCEL,
+                   "request ended");
+  if (!r->keep_alive || r->close_delimited || r->upgrade || !r->body_done)
+    gc->closing = 1;
+  req_free(r);
+  gc->req = NULL;
+  gc->paused = 0;
+  gc->phase = GW_T_NONE;
+  if (gc->closing) {
+    flush(gc);
+    return;
+  }
+  if (gc->in_feed) {
+    gc->want_resume = 1; /* feed() pauses after on_end: undo it there */
+    return;
+  }
+  kr__http_parser_resume(gc->parser);
+  process(gc);
+}
+
+/* The agent finished the response (FIN, or a REPLY with FIN). */
+static void response_ended(gw_conn *gc, gw_req *r) {
+  if (r->chunked)
+    send_bytes(gc, "0\r\n\r\n", 5);
+  r->resp_done = 1;
+  if (r->close_delimited || gc->upgraded)
+    gc->closing = 1;
+  if (r->body_done || gc->upgraded) {
+    finish_request(gc);
+  } else {
+    /* The response ended before the request body: the body's rest
+     * cannot be skipped safely, so the connection closes after this. */
+    gc->closing = 1;
+    if (r->ts)
+      release_stream(r, KR_CODE_CANCEL, "response complete");
+    flush(gc);
+  }
+}
+
+/* --------------------------------------------------- tunnel stream */
+
+static void t_reply(kr_stream *s, const kr_md *md, size_t n, int fin,
+                    void *ud) {
+  gw_req *r = ud;
+  gw_conn *gc = r->gc;
+  enter(gc);
+  const kr_md *st = kr__md_find(md, n, KR_MD_STATUS);
+  int status = st ? kr__http_parse_status(st->value, st->value_len) : -1;
+  if (status < 200 && status != 101) {
+    release_stream(r, KR_CODE_PROTOCOL, "bad :status");
+    send_error(gc, 502, "upstream_failed", "the agent sent no valid status");
+    goto out;
+  }
+  int upgrade = status == 101 && r->upgrade;
+  if (status == 101 && !upgrade) {
+    release_stream(r, KR_CODE_PROTOCOL, "101 without an upgrade request");
+    send_error(gc, 502, "upstream_failed", "unexpected 101 response");
+    goto out;
+  }
+  /* Response framing toward the client. */
+  const kr_md *cl = kr__md_find(md, n, "content-length");
+  r->no_body = r->is_head || status == 204 || status == 304 || upgrade;
+  kr_md extra[2];
+  size_t n_extra = 0;
+  static const char k_te[] = "transfer-encoding", v_chunked[] = "chunked",
+                    k_conn[] = "connection", v_close[] = "close",
+                    v_upgrade[] = "upgrade";
+  if (!r->no_body && !cl) {
+    if (r->http10) {
+      r->close_delimited = 1;
+    } else {
+      r->chunked = 1;
+      extra[n_extra++] = (kr_md){(const uint8_t *)k_te, sizeof(k_te) - 1,
+                                 (const uint8_t *)v_chunked,
+                                 sizeof(v_chunked) - 1};
+    }
+  }
+  if (upgrade)
+    extra[n_extra++] = (kr_md){(const uint8_t *)k_conn, sizeof(k_conn) - 1,
+                               (const uint8_t *)v_upgrade,
+                               sizeof(v_upgrade) - 1};
+  else if (r->close_delimited || !r->keep_alive || gc->closing ||
+           gc->k->draining)
+    extra[n_extra++] = (kr_md){(const uint8_t *)k_conn, sizeof(k_conn) - 1,
+                               (const uint8_t *)v_close, sizeof(v_close) - 1};
+  /* The agent's fields, minus hop-by-hop ones (an upgrade keeps
+   * "upgrade"; "connection" is ours). */
+  kr_md keep[KR__MDLIST_MAX_ENTRIES];
+  size_t nk = 0;
+  for (size_t i = 0; i < n && nk < KR__MDLIST_MAX_ENTRIES; i++) {
+    if (md[i].name_len && md[i].name[0] == ':')
+      continue;
+    char name[64];
+    if (md[i].name_len < sizeof(name)) {
+      memcpy(name, md[i].name, md[i].name_len);
+      name[md[i].name_len] = 0;
+      if (upgrade && strcmp(name, "upgrade") == 0) {
+        keep[nk++] = md[i];
+        continue;
+      }
+      if (kr__http_is_hop_by_hop(name, md[i].name_len, md, n))
+        continue;
+    }
+    keep[nk++] = md[i];
+  }
+  kr__strbuf b;
+  kr__strbuf_init(&b);
+  int rc = kr__http_write_response_head(&b, status, keep, nk, extra, n_extra);
+  if (rc < 0 || b.failed) {
+    kr__strbuf_free(&b);
+    release_stream(r, KR_CODE_PROTOCOL, "response head refused");
+    send_error(gc, 502, "upstream_failed", "the agent's response head is invalid");
+    goto out;
+  }
+  r->replied = 1;
+  send_bytes(gc, b.p, b.len);
+  kr__strbuf_free(&b);
+  if (upgrade) {
+    gc->upgraded = 1;
+    process(gc); /* bytes the client sent after its request */
+  }
+  if (fin)
+    response_ended(gc, r);
+  flush(gc);
+  update_timer(gc, 1);
+out:
+  leave(gc);
+}
+
+static void t_data(kr_stream *s, const uint8_t *p, size_t n, void *ud) {
+  gw_req *r = ud;
+  gw_conn *gc = r->gc;
+  enter(gc);
+  r->owed += n;
+  if (r->no_body && !gc->upgraded) {
+    /* A body where HTTP allows none: dropped. */
+  } else if (r->chunked) {
+    char line[24];
+    size_t l = kr__http_chunk_line(line, n);
+    send_bytes(gc, line, l);
+    send_bytes(gc, p, n);
+    send_bytes(gc, "\r\n", 2);
+  } else {
+    send_bytes(gc, p, n);
+  }
+  flush(gc);
+  update_timer(gc, 1);
+  leave(gc);
+}
+
+static void t_fin(kr_stream *s, void *ud) {
+  gw_req *r = ud;
+  gw_conn *gc = r->gc;
+  enter(gc);
+  response_ended(gc, r);
+  leave(gc);
+}
+
+static void t_writable(kr_stream *s, void *ud) {
+  gw_req *r = ud;
+  gw_conn *gc = r->gc;
+  enter(gc);
+  push_body(r);
+  if (gc->paused && !r->body_done && !gc->in_feed &&
+      evbuffer_get_length(r->to_agent) <= GW_BODY_LIMIT / 2) {
+    gc->paused = 0; /* body backpressure over */
+    kr__http_parser_resume(gc->parser);
+  }
+  process(gc);
+  leave(gc);
+}
+
+static void t_close(kr_stream *s, uint32_t code, const uint8_t *reason,
+                    size_t len, void *ud) {
+  gw_req *r = ud;
+  gw_conn *gc = r->gc;
+  enter(gc);
+  r->ts = NULL;
+  if (r->routed) {
+    r->routed = 0;
+    kr__route_done(gc->k, r->ac);
+  }
+  if (code != KR_CODE_NO_ERROR || !r->resp_done) {
+    char why[KR_MAX_REASON + 1];
+    snprintf(why, sizeof(why), "%.*s", (int)len, (const char *)reason);
+    if (gc->upgraded || r->replied) {
+      if (gc->upgraded && code == KR_CODE_NO_ERROR) {
+        gc->closing = 1;
+        flush(gc);
+      } else {
+        conn_kill(gc);
+      }
+    } else {
+      send_stream_error(gc, code, why[0] ? why : "stream ended");
+      if (r->body_done)
+        finish_request(gc);
+    }
+  }
+  leave(gc);
+}
+
+static const kr__stream_handler tunnel_handler = {t_reply, t_data, t_fin,
+                                                  t_writable, t_close};
+
+/* ------------------------------------------------ transport callbacks */
+
+static void c_open(kr__transport *t, void *ud) {
+  gw_conn *gc = ud;
+  enter(gc);
+  update_timer(gc, 0);
+  leave(gc);
+}
+
+static void c_read(kr__transport *t, const uint8_t *p, size_t n, void *ud) {
+  gw_conn *gc = ud;
+  if (gc->closing)
+    return; /* lingering close: input is dropped */
+  enter(gc);
+  evbuffer_add(gc->in, p, n);
+  process(gc);
+  leave(gc);
+}
+
+static void c_drain(kr__transport *t, void *ud) {
+  gw_conn *gc = ud;
+  enter(gc);
+  flush(gc);
+  if (!gc->dead)
+    update_timer(gc, 1);
+  leave(gc);
+}
+
+static void c_close(kr__transport *t, int err, const char *why, void *ud) {
+  gw_conn *gc = ud;
+  gc->t = NULL; /* its last callback: ours to free */
+  t->ops->free(t);
+  enter(gc);
+  conn_kill(gc);
+  leave(gc);
+}
+
+static const kr__transport_cbs conn_cbs = {c_open, c_read, c_drain, c_close};
+
+/* ---------------------------------------------------------- public */
+
+void kr__gateway_accept(kr_kas *k, kr__transport *t, int open,
+                        const char *addr, int secure) {
+  gw_conn *gc = calloc(1, sizeof(*gc));
+  if (!gc || !(gc->in = evbuffer_new()) || !(gc->out = evbuffer_new()) ||
+      !(gc->timer = event_new(k->base, -1, 0, timer_cb, gc)) ||
+      kr__http_parser_new(&gc->parser, 1, &k->opt.http_limits, &parser_cbs,
+                          gc) < 0) {
+    if (gc) {
+      gc->t = t;
+      conn_free_now(gc);
+    } else {
+      t->ops->free(t);
+    }
+    return;
+  }
+  gc->k = k;
+  gc->t = t;
+  gc->secure = secure;
+  gc->reading = 1;
+  snprintf(gc->addr, sizeof(gc->addr), "%s", addr);
+  t->cb = conn_cbs;
+  t->ud = gc;
+  gc->next = k->gw_conns;
+  if (k->gw_conns)
+    k->gw_conns->prev = gc;
+  k->gw_conns = gc;
+  /* The request timer runs from the accept, TLS handshake included. */
+  set_timer(gc, GW_T_HEAD, (int)(k->opt.http_request_timeout / 1000000u));
+  (void)open;
+}
+
+void kr__gateway_drain(kr_kas *k) {
+  gw_conn *gc = k->gw_conns;
+  while (gc) {
+    gw_conn *next = gc->next;
+    if (!gc->req && !kr__http_parser_in_message(gc->parser)) {
+      conn_kill(gc);
+    } else {
+      gc->closing = gc->closing || !gc->req; /* mid-head: stop here */
+    }
+    gc = next;
+  }
+}
+
+void kr__gateway_free_all(kr_kas *k) {
+  while (k->gw_conns) {
+    gw_conn *gc = k->gw_conns;
+    conn_unlink(gc);
+    if (gc->req && gc->req->ts) {
+      /* The tunnel connections are freed right after: no reset needed. */
+      kr__stream_set_handler(gc->req->ts, NULL);
+      kr_stream_set_user_data(gc->req->ts, NULL);
+      gc->req->ts = NULL;
+    }
+    conn_free_now(gc);
+  }
+}
+
+size_t kr__gateway_count(const kr_kas *k) {
+  size_t n = 0;
+  for (const gw_conn *gc = k->gw_conns; gc; gc = gc->next)
+    n++;
+  return n;
+}

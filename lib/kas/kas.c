@@ -20,6 +20,7 @@
 #include "io/log.h"
 #include "io/transport_ws.h"
 #include "io/url.h"
+#include "kas/gateway.h"
 #include "kas/relay.h"
 #include "kas/route.h"
 #include "kas/kas_internal.h"
@@ -34,6 +35,10 @@ int kr_kas_options_new(kr_kas_options **out) {
   o->keepalive_interval = 15 * 1000000ull;
   o->keepalive_timeout = 45 * 1000000ull;
   o->handshake_timeout = 10 * 1000000ull;
+  o->http_request_timeout = 30 * 1000000ull;
+  o->http_idle_timeout = 60 * 1000000ull;
+  o->http_limits.max_head = KR__HTTP_DEFAULT_MAX_HEAD;
+  o->http_limits.max_fields = KR__HTTP_DEFAULT_MAX_FIELDS;
   snprintf(o->name, sizeof(o->name), "kas");
   *out = o;
   return 0;
@@ -46,8 +51,8 @@ static int add_listen(kr_kas_options *o, const char *url, int kind) {
   char err[256];
   if (kr__url_parse(url, &u, err, sizeof(err)) < 0)
     return KR_EADDR;
-  if (u.scheme != KR__SCHEME_TCP && u.scheme != KR__SCHEME_TLS &&
-      u.scheme != KR__SCHEME_WS && u.scheme != KR__SCHEME_WSS)
+  int http = u.scheme == KR__SCHEME_HTTP || u.scheme == KR__SCHEME_HTTPS;
+  if (http != (kind == KR__LISTEN_HTTP))
     return KR_EADDR;
   if (o->n_listen >= KR__KAS_MAX_LISTEN)
     return KR_ETOOBIG;
@@ -63,6 +68,29 @@ int kr_kas_options_add_agent_listen(kr_kas_options *o, const char *url) {
 
 int kr_kas_options_add_api_listen(kr_kas_options *o, const char *url) {
   return add_listen(o, url, KR__LISTEN_API);
+}
+
+int kr_kas_options_add_http_listen(kr_kas_options *o, const char *url) {
+  return add_listen(o, url, KR__LISTEN_HTTP);
+}
+
+int kr_kas_options_set_http_timeouts(kr_kas_options *o, kr_time_us head,
+                                     kr_time_us idle) {
+  if (head < 1000000u || idle < 1000000u)
+    return KR_EINVAL;
+  o->http_request_timeout = head;
+  o->http_idle_timeout = idle;
+  return 0;
+}
+
+int kr_kas_options_set_http_limits(kr_kas_options *o, size_t max_head,
+                                   size_t max_fields) {
+  if (max_head < 1024 || max_head > ((size_t)60 << 10) || max_fields < 8 ||
+      max_fields > 256)
+    return KR_EINVAL;
+  o->http_limits.max_head = max_head;
+  o->http_limits.max_fields = max_fields;
+  return 0;
 }
 
 static int copy_path(char *dst, size_t size, const char *src) {
@@ -81,6 +109,10 @@ int kr_kas_options_set_tls(kr_kas_options *o, const char *cert, const char *key)
 
 int kr_kas_options_set_agent_tokens_file(kr_kas_options *o, const char *path) {
   return copy_path(o->tokens_file, sizeof(o->tokens_file), path);
+}
+
+int kr_kas_options_set_user_tokens_file(kr_kas_options *o, const char *path) {
+  return copy_path(o->user_tokens_file, sizeof(o->user_tokens_file), path);
 }
 
 int kr_kas_options_set_api_secret(kr_kas_options *o, const uint8_t *secret,
@@ -129,8 +161,6 @@ static void kconn_unlink(kr_kas *k, kas_conn *kc) {
   kc->prev = kc->next = NULL;
 }
 
-static void maybe_drained(kr_kas *k);
-
 static void kc_closed(kr__conn *c, int err, const char *why, void *ud) {
   kas_conn *kc = ud;
   kr_kas *k = kc->k;
@@ -154,7 +184,7 @@ static void kc_closed(kr__conn *c, int err, const char *why, void *ud) {
   kconn_unlink(k, kc);
   kr__conn_free(c);
   free(kc);
-  maybe_drained(k);
+  kr__kas_maybe_drained(k);
 }
 
 static const kr_md *md_find(const kr_md *md, size_t n, const char *name) {
@@ -288,6 +318,16 @@ static void on_accept(kr__listener *l, kr__transport *t, int open,
                       const char *addr, void *ud) {
   kr_kas *k = ud;
   int kind = kr__listener_kind(l);
+  if (kind == KR__LISTEN_HTTP) {
+    /* HTTP credentials are checked per request (a 401 costs one HMAC);
+     * the gateway is not throttled per address. */
+    if (k->draining) {
+      t->ops->free(t);
+      return;
+    }
+    kr__gateway_accept(k, t, open, addr, !open);
+    return;
+  }
   if (k->draining || kr__throttle_blocked(&k->throttle[kind == KR__LISTEN_API],
                                          addr, kr__now_us())) {
     if (!k->draining) {
@@ -373,21 +413,26 @@ int kr_kas_new(kr_kas **out, struct event_base *base, const kr_kas_options *o,
   k->api_secret_len = o->api_secret_len;
   int rc = 0, has_api = 0, has_tls = 0;
   for (size_t i = 0; i < o->n_listen; i++) {
-    has_api |= o->listen[i].kind == KR__LISTEN_API;
+    has_api |= o->listen[i].kind != KR__LISTEN_AGENT;
     has_tls |= kr__url_is_secure(&o->listen[i].url);
   }
   if (!o->tokens_file[0]) {
     snprintf(err, errlen, "an agent token file is required");
     rc = KR_ECONFIG;
   } else if (has_api && !o->api_secret_len) {
-    snprintf(err, errlen, "an API listener needs an API secret");
+    snprintf(err, errlen, "an API or HTTP listener needs an API secret");
     rc = KR_ECONFIG;
   } else if (has_tls && !o->tls_cert[0]) {
-    snprintf(err, errlen, "a tls:// listener needs a certificate and key");
+    snprintf(err, errlen, "a tls://, wss:// or https:// listener needs a "
+                          "certificate and key");
     rc = KR_ECONFIG;
   }
   if (rc == 0 && kr__token_file_load(kr_mem_default(), o->tokens_file,
                                      &k->tokens, err, errlen) < 0)
+    rc = KR_ECONFIG;
+  if (rc == 0 && o->user_tokens_file[0] &&
+      kr__user_token_table_load(kr_mem_default(), o->user_tokens_file,
+                                &k->user_tokens, err, errlen) < 0)
     rc = KR_ECONFIG;
   if (rc == 0 && has_tls &&
       kr__tls_config_server(o->tls_cert, o->tls_key, &k->tls, err, errlen) < 0)
@@ -413,7 +458,9 @@ int kr_kas_new(kr_kas **out, struct event_base *base, const kr_kas_options *o,
   }
   for (size_t i = 0; i < k->n_listeners; i++)
     kr__log(KR_LOG_INFO, "listening", "kas=%s kind=%s url=%s://%s:%d", k->name,
-            o->listen[i].kind == KR__LISTEN_AGENT ? "agent" : "api",
+            o->listen[i].kind == KR__LISTEN_AGENT  ? "agent"
+            : o->listen[i].kind == KR__LISTEN_API ? "api"
+                                                  : "http",
             kr__scheme_name(o->listen[i].url.scheme), o->listen[i].url.host,
             kr__listener_port(k->listeners[i]));
   *out = k;
@@ -430,6 +477,7 @@ void kr_kas_free(kr_kas *k) {
   /* Connections go without callbacks: relays are released through the
    * stream close path of each mux, which kr__conn_free() does not run, so
    * release them explicitly first. */
+  kr__gateway_free_all(k);
   kr__relay_free_all(k);
   kr__route_free_all(k);
   while (k->conns) {
@@ -449,6 +497,7 @@ void kr_kas_free(kr_kas *k) {
   kr_mux_options_free(k->agent_mux_opt);
   kr_mux_options_free(k->api_mux_opt);
   kr__token_table_free(k->tokens);
+  kr__user_token_table_free(k->user_tokens);
   kr__tls_config_free(k->tls);
   kr__throttle_clear(&k->throttle[0]);
   kr__throttle_clear(&k->throttle[1]);
@@ -471,6 +520,10 @@ int kr_kas_api_port(const kr_kas *k, size_t i) {
   return nth_port(k, i, KR__LISTEN_API);
 }
 
+int kr_kas_http_port(const kr_kas *k, size_t i) {
+  return nth_port(k, i, KR__LISTEN_HTTP);
+}
+
 int kr_kas_reload_tokens(kr_kas *k, char *err, size_t errlen) {
   kr__token_table *t;
   char dummy[8];
@@ -484,16 +537,29 @@ int kr_kas_reload_tokens(kr_kas *k, char *err, size_t errlen) {
     kr__log(KR_LOG_ERROR, "tokens_reload_failed", "kas=%s", k->name);
     return rc;
   }
+  kr__user_token_table *ut = NULL;
+  if (k->opt.user_tokens_file[0] &&
+      kr__user_token_table_load(kr_mem_default(), k->opt.user_tokens_file, &ut,
+                                err, errlen) < 0) {
+    kr__token_table_free(t);
+    kr__log(KR_LOG_ERROR, "tokens_reload_failed", "kas=%s", k->name);
+    return KR_ECONFIG;
+  }
   kr__token_table_free(k->tokens);
   k->tokens = t;
+  if (ut) {
+    kr__user_token_table_free(k->user_tokens);
+    k->user_tokens = ut;
+  }
   kr__log(KR_LOG_INFO, "tokens_reloaded", "kas=%s", k->name);
   return 0;
 }
 
 static void drain_done_cb(evutil_socket_t fd, short what, void *arg) {
   kr_kas *k = arg;
-  if (k->conns) {
+  if (k->conns || k->gw_conns) {
     /* Grace period over: close what is left. */
+    kr__gateway_free_all(k);
     kr__log(KR_LOG_WARN, "drain_timeout", "kas=%s", k->name);
     for (kas_conn *kc = k->conns; kc; kc = kc->next)
       kr__conn_abort(kc->conn, KR_CODE_SHUTDOWN, "kas shut down");
@@ -505,8 +571,8 @@ static void drain_done_cb(evutil_socket_t fd, short what, void *arg) {
     done(k, k->drained_ud);
 }
 
-static void maybe_drained(kr_kas *k) {
-  if (k->draining && !k->conns && !k->freeing)
+void kr__kas_maybe_drained(kr_kas *k) {
+  if (k->draining && !k->conns && !k->gw_conns && !k->freeing)
     event_active(k->drain_timer, EV_TIMEOUT, 0);
 }
 
@@ -536,7 +602,8 @@ void kr_kas_drain(kr_kas *k, kr_time_us grace, kr_kas_drained_cb done,
     }
     kr__conn_goaway(kc->conn, KR_CODE_SHUTDOWN, "kas is shutting down");
   }
-  maybe_drained(k);
+  kr__gateway_drain(k);
+  kr__kas_maybe_drained(k);
 }
 
 uint64_t kr_kas_stat_get(const kr_kas *k, kr_kas_stat id) {

@@ -8,6 +8,8 @@
 
 #include "core/registry.h"
 #include "core/token_file.h"
+#include "core/user_tokens.h"
+#include "http/http_parse.h"
 #include "io/conn.h"
 #include "io/listener.h"
 #include "io/transport_tls.h"
@@ -25,6 +27,10 @@ struct kr_kas_options {
   char tls_cert[1024];
   char tls_key[1024];
   char tokens_file[1024];
+  char user_tokens_file[1024]; /* "" = none: pat: credentials refused */
+  kr__http_limits http_limits;
+  kr_time_us http_request_timeout; /* to receive a request head */
+  kr_time_us http_idle_timeout;    /* keep-alive idle */
   uint8_t api_secret[256];
   size_t api_secret_len;
   kr_time_us route_timeout;
@@ -37,6 +43,7 @@ struct kr_kas_options {
 typedef struct kr__relay kr__relay;
 typedef struct kr__route kr__route;
 typedef struct kas_conn kas_conn;
+typedef struct gw_conn gw_conn;
 
 /* One accepted connection, agent tunnel or API client. */
 struct kas_conn {
@@ -62,11 +69,13 @@ struct kr_kas {
   kr__listener *listeners[KR__KAS_MAX_LISTEN];
   size_t n_listeners;
   kr__token_table *tokens;
+  kr__user_token_table *user_tokens; /* NULL without a file */
   kr__registry *reg;
   struct event *reg_timer;
   kr_mux_options *agent_mux_opt;
   kr_mux_options *api_mux_opt;
   kas_conn *conns;
+  gw_conn *gw_conns; /* HTTP gateway connections */
   kr__relay *relays; /* every live relay, for kr_kas_free() */
   kr__route *routes; /* every pending route, for kr_kas_free() */
   /* Failing addresses, one table per listener kind (agent, API), so that
@@ -79,6 +88,9 @@ struct kr_kas {
   kr_kas_drained_cb drained;
   void *drained_ud;
 };
+
+/* Fires the drain callback once draining and nothing is connected. */
+void kr__kas_maybe_drained(kr_kas *k);
 
 /* Re-arms the registry's waiter-deadline timer. */
 void kr__kas_schedule_expiry(kr_kas *k);

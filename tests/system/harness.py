@@ -286,12 +286,21 @@ class Proc:
 
 
 class Kas:
-    def __init__(self, proc, agent_port, api_port):
+    def __init__(self, proc, agent_port, api_port, http_port=None,
+                 http_scheme=None, ca_file=None):
         self.proc = proc
         self.agent_port = agent_port
         self.api_port = api_port
         self.agent_url = "tcp://127.0.0.1:%d" % agent_port
         self.api_url = "tcp://127.0.0.1:%d" % api_port
+        # The HTTP gateway (--http-listen), when started with one:
+        # http_url is the base URL ("https://127.0.0.1:PORT"), ca_file
+        # the certificate a client must trust for https.
+        self.http_port = http_port
+        self.http_scheme = http_scheme
+        self.ca_file = ca_file
+        self.http_url = ("%s://127.0.0.1:%d" % (http_scheme, http_port)
+                         if http_port else None)
 
 
 class Env:
@@ -354,7 +363,15 @@ class Env:
 
     def start_kasd(self, tokens_file, agent_port=0, api_port=0,
                    route_timeout=None, keepalive=None, handshake_timeout=None,
-                   drain_grace=None, extra=()):
+                   drain_grace=None, extra=(), http=None, http_port=0,
+                   user_tokens=None, http_request_timeout=None,
+                   http_idle_timeout=None):
+        """http: None (no gateway), "http" (or True) or "https" (with a
+        certificate from make_cert, or the --tls-cert/--tls-key given in
+        extra). The Kas returned then carries http_port and http_url."""
+        if http is True:
+            http = "http"
+        check(http in (None, "http", "https"), "http=%r" % (http,))
         argv = [self.kasd_bin,
                 "--agent-listen", "tcp://127.0.0.1:%d" % agent_port,
                 "--api-listen", "tcp://127.0.0.1:%d" % api_port,
@@ -363,25 +380,48 @@ class Env:
         for opt, v in (("--route-timeout", route_timeout),
                        ("--keepalive", keepalive),
                        ("--handshake-timeout", handshake_timeout),
-                       ("--drain-grace", drain_grace)):
+                       ("--drain-grace", drain_grace),
+                       ("--user-tokens", user_tokens),
+                       ("--http-request-timeout", http_request_timeout),
+                       ("--http-idle-timeout", http_idle_timeout)):
             if v is not None:
                 argv += [opt, str(v)]
+        ca_file = None
+        if http:
+            argv += ["--http-listen", "%s://127.0.0.1:%d" % (http, http_port)]
+            if http == "https":
+                if "--tls-cert" in extra:
+                    ca_file = list(extra)[list(extra).index("--tls-cert") + 1]
+                else:
+                    ca_file, key = self.make_cert("127.0.0.1")
+                    argv += ["--tls-cert", ca_file, "--tls-key", key]
         argv += list(extra)
         p = self.spawn("kasd", argv, "daemon", valgrind=VALGRIND)
-        m = p.wait_stdout(r"kasd ready agent_port=(\d+) api_port=(\d+)\n",
-                          scaled(10))
-        return Kas(p, int(m.group(1)), int(m.group(2)))
+        # Extra fields may follow the ports on the ready line.
+        m = p.wait_stdout(r"kasd ready agent_port=(\d+) api_port=(\d+)"
+                          r"((?: \S+=\S*)*)\n", scaled(10))
+        hp = re.search(r" http_port=(\d+)", m.group(3))
+        if http:
+            check(hp, "kasd started with --http-listen printed no "
+                  "http_port= on its ready line: %r" % m.group(0))
+        return Kas(p, int(m.group(1)), int(m.group(2)),
+                   int(hp.group(1)) if hp else None, http, ca_file)
 
     def start_agentd(self, kas, token_file, services, connections=2,
                      keepalive=None, drain_grace=None, name="r1",
                      wait=True, extra=()):
-        """services: {name: port}. With wait, returns once kasd has
-        registered all connections of this agent."""
+        """services: {name: port or URL}: a port means
+        tcp://127.0.0.1:PORT, a str is passed as given (http://...,
+        https://...). With wait, returns once kasd has registered all
+        connections of this agent."""
         url = kas.agent_url if isinstance(kas, Kas) else kas
         argv = [self.agentd_bin, "--kas", url, "--token-file", token_file,
                 "--connections", str(connections), "--name", name]
         for svc, port in services.items():
-            argv += ["--service", "%s=tcp://127.0.0.1:%d" % (svc, port)]
+            if isinstance(port, str):
+                argv += ["--service", "%s=%s" % (svc, port)]
+            else:
+                argv += ["--service", "%s=tcp://127.0.0.1:%d" % (svc, port)]
         if keepalive is not None:
             argv += ["--keepalive", str(keepalive)]
         if drain_grace is not None:
@@ -448,6 +488,65 @@ class Env:
                 if p.alive() or "cannot listen" not in p.stderr():
                     raise
         raise TestFailure("kasctl forward could not find a free port")
+
+    # -- HTTP gateway fixtures -----------------------------------------
+    def make_cert(self, cn, sans=None):
+        """A self-signed ECDSA P-256 certificate (CA:TRUE, so it is its own
+        trust anchor) and key made with the openssl program; returns
+        (cert_path, key_path). sans: subjectAltName entries, by default
+        IP:127.0.0.1 and DNS:localhost (Go clients such as kubectl check
+        only the SAN, never the CN)."""
+        require_program("openssl", "to make test certificates")
+        self.seq += 1
+        cert = self.path("%02d-%s.crt" % (self.seq, cn))
+        key = self.path("%02d-%s.key" % (self.seq, cn))
+        san = ",".join(sans or ["IP:127.0.0.1", "DNS:localhost"])
+        r = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=" + cn,
+             "-addext", "subjectAltName=" + san, "-days", "1",
+             "-keyout", key, "-out", cert], capture_output=True,
+            timeout=scaled(20))
+        check(r.returncode == 0, "openssl req failed: %s" %
+              r.stderr.decode(errors="replace")[-500:])
+        return cert, key
+
+    def secret(self):
+        """The API secret's bytes as kasd and kasctl read them."""
+        with open(self.secret_file, "rb") as f:
+            return f.read().rstrip(b"\r\n")
+
+    def token(self, agents=(), k8s_agent=None, user=None, groups=(),
+              ttl=None, subject=None):
+        """An API JWT minted by `kasctl token` from the API secret:
+        agents -> the "agents" claim (one --agent each), k8s_agent ->
+        "agent_id", user -> "user", groups -> "groups"."""
+        argv = [self.kasctl_bin, "token", "--secret-file", self.secret_file]
+        for a in agents:
+            argv += ["--agent", str(a)]
+        for opt, v in (("--k8s-agent", k8s_agent), ("--user", user),
+                       ("--ttl", ttl), ("--subject", subject)):
+            if v is not None:
+                argv += [opt, str(v)]
+        for g in groups:
+            argv += ["--group", g]
+        r = subprocess.run(argv, capture_output=True, timeout=scaled(10))
+        check(r.returncode == 0, "%s failed (exit %d): %s" % (
+            " ".join(argv[:2] + argv[4:]), r.returncode,
+            r.stderr.decode(errors="replace").strip()))
+        tok = r.stdout.decode().strip()
+        check(re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+",
+                           tok), "kasctl token printed no JWT")
+        return tok
+
+    def start_http_upstream(self):
+        """tests/system/http_upstream.py as a helper process; returns
+        (proc, port)."""
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                              "http_upstream.py")
+        p = self.spawn("http-upstream", [sys.executable, script], "helper")
+        m = p.wait_stdout(r"port (\d+)\n", scaled(10))
+        return p, int(m.group(1))
 
     # -- cleanup --------------------------------------------------------
     def shutdown(self):
@@ -699,3 +798,185 @@ def read_exact(f, n, timeout):
             break
         out += b
     return bytes(out)
+
+
+# ---------------------------------------------------------------------------
+# HTTP gateway helpers
+
+
+def require_program(name, why):
+    """Exits SKIP, loudly, when the program is not installed. Call before
+    run() (or from a test: cleanup still runs)."""
+    path = shutil.which(name)
+    if not path:
+        print("SKIP: %s is not installed; it is needed %s" % (name, why))
+        print("SKIP: " + "*" * 60)
+        sys.stdout.flush()
+        sys.exit(SKIP)
+    return path
+
+
+def free_port():
+    """A loopback port that was free a moment ago. Another process can
+    take it before it is used: prefer port 0 where the program reports
+    what it bound."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_jwt(secret, claims, header=None, signature=None):
+    """A compact JWT built here, independently of the library: header
+    (default {"alg":"HS256","typ":"JWT"}) and claims as given, signed with
+    HMAC-SHA256 over secret unless signature (str) is given ("" for an
+    unsigned token)."""
+    import hashlib
+    import hmac
+    import json
+    h = b64url(json.dumps(header or {"alg": "HS256", "typ": "JWT"},
+                          separators=(",", ":")).encode())
+    p = b64url(json.dumps(claims, separators=(",", ":")).encode())
+    if signature is None:
+        signature = b64url(hmac.new(secret, ("%s.%s" % (h, p)).encode(),
+                                    hashlib.sha256).digest())
+    return "%s.%s.%s" % (h, p, signature)
+
+
+def jwt_claims(ttl=300, now=None, **extra):
+    """The registered claims kas checks (aud gitlab-kas, exp) plus extra."""
+    now = int(time.time() if now is None else now)
+    c = {"iss": "system-test", "aud": "gitlab-kas", "sub": "tester",
+         "iat": now, "nbf": now, "exp": now + ttl}
+    c.update(extra)
+    return c
+
+
+class HttpResult:
+    def __init__(self, status, reason, headers, body, seconds):
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # http.client.HTTPMessage (multi-valued)
+        self.body = body
+        self.seconds = seconds
+
+    def json(self):
+        import json
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise TestFailure("HTTP %d: body is not JSON: %r" %
+                              (self.status, self.body[:300]))
+
+    def __repr__(self):
+        return "HTTP %d %s (%d body bytes: %r)" % (
+            self.status, self.reason, len(self.body), self.body[:200])
+
+
+def http_connection(kas_or_port, timeout=None):
+    """An http.client connection to the kas gateway (http or https, the
+    CA from the Kas), or to a plain port."""
+    import http.client
+    import ssl
+    timeout = timeout or scaled(30)
+    if isinstance(kas_or_port, int):
+        return http.client.HTTPConnection("127.0.0.1", kas_or_port,
+                                          timeout=timeout)
+    if kas_or_port.http_scheme == "https":
+        ctx = ssl.create_default_context(cafile=kas_or_port.ca_file)
+        return http.client.HTTPSConnection("127.0.0.1", kas_or_port.http_port,
+                                           timeout=timeout, context=ctx)
+    return http.client.HTTPConnection("127.0.0.1", kas_or_port.http_port,
+                                      timeout=timeout)
+
+
+def http_do(conn, method, path, headers=None, body=None):
+    """One request on an open http.client connection; the whole body is
+    read. Headers may be a dict or a list of pairs (repeats allowed)."""
+    t0 = time.monotonic()
+    conn.putrequest(method, path, skip_accept_encoding=True)
+    items = headers.items() if isinstance(headers, dict) else (headers or [])
+    for k, v in items:
+        conn.putheader(k, v)
+    if body is not None:
+        conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders(body)
+    r = conn.getresponse()
+    data = r.read()
+    return HttpResult(r.status, r.reason, r.headers, data,
+                      time.monotonic() - t0)
+
+
+def http_request(kas_or_port, method, path, headers=None, body=None,
+                 token=None, timeout=None):
+    """One request on a fresh connection. token adds "Authorization:
+    Bearer <token>"."""
+    hdrs = list(headers.items() if isinstance(headers, dict)
+                else (headers or []))
+    if token is not None:
+        hdrs.append(("Authorization", "Bearer " + token))
+    conn = http_connection(kas_or_port, timeout)
+    try:
+        return http_do(conn, method, path, hdrs, body)
+    finally:
+        conn.close()
+
+
+def check_http_error(res, status, code, what):
+    """res is an error answer of the gateway: that status and a JSON body
+    {"error": "<message>", "code": code}."""
+    check(res.status == status, "%s: HTTP %d, want %d: %r" %
+          (what, res.status, status, res))
+    ctype = res.headers.get("Content-Type", "")
+    check(ctype.split(";")[0].strip() == "application/json",
+          "%s: error body Content-Type %r, want application/json" %
+          (what, ctype))
+    j = res.json()
+    check(isinstance(j, dict) and j.get("code") == code and
+          isinstance(j.get("error"), str) and j["error"],
+          "%s: error body %r, want {\"error\": ..., \"code\": %r}" %
+          (what, j, code))
+    return j
+
+
+class _NoCloseFile:
+    """A buffered reader shared by several http.client.HTTPResponse
+    objects reading consecutive responses from one socket (they close
+    their file when done; this one survives that)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def close(self):
+        pass
+
+
+class _FakeSock:
+    def __init__(self, f):
+        self.f = f
+
+    def makefile(self, *a, **kw):
+        return self.f
+
+
+def read_responses(sock, count, method="GET"):
+    """Reads count consecutive HTTP/1.1 responses from a socket (e.g.
+    answers to pipelined requests); returns HttpResults in order."""
+    import http.client
+    f = _NoCloseFile(sock.makefile("rb"))
+    out = []
+    for _ in range(count):
+        t0 = time.monotonic()
+        r = http.client.HTTPResponse(_FakeSock(f), method=method)
+        r.begin()
+        out.append(HttpResult(r.status, r.reason, r.headers, r.read(),
+                              time.monotonic() - t0))
+    return out

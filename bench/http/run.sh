@@ -1,0 +1,607 @@
+#!/usr/bin/env bash
+# HTTP request benchmark: small GET requests to an nginx upstream, measured
+# with wrk on four paths, all on 127.0.0.1:
+#   direct  wrk -> upstream nginx
+#   nginx   wrk -> nginx reverse proxy (upstream keepalive 64, HTTP/1.1)
+#           -> upstream nginx
+#   ssh     wrk -> ssh -R listener (sshd) -> ssh client -> upstream nginx
+#   kas     wrk -> kasd --http-listen -> tunnel -> agentd --service
+#           hello=http://... -> upstream nginx
+#           (GET /api/v1/agents/7/services/hello/hello with an API JWT)
+#
+#   bench/http/run.sh [--build DIR] [--seconds S] [--runs R] [--out FILE]
+#
+# The upstream answers GET /hello with a fixed 13-byte body. Every path is
+# measured at 32 connections (wrk -t 2) and at 1 connection (wrk -t 1) for
+# --seconds each, R times; the paths run in rounds (every path once per
+# round) so that drifts in the machine's background load hit them alike.
+# The report gives medians of requests/s, p50 and p99 latency (wrk
+# --latency), ratios to the direct path, kas against the nginx proxy and
+# ssh -R, pass/fail against the gateway's goals, and the CPU time of each
+# path's own processes (utime+stime from /proc/PID/stat, descendants
+# included) per run and per request.
+#
+# Before the timed runs each path must answer GET with status 200 and
+# exactly the upstream's body (checked with curl); a run in which wrk saw
+# any non-2xx/3xx response fails the path. Every process the script starts
+# is stopped by pid on exit; every wait is bounded; --deadline bounds the
+# whole run. Needs: nginx, wrk, curl, openssl (for --agent-transport tls),
+# openssh-server (installed with apt-get when missing and running as root),
+# and meson/ninja to build the daemons (release build in --build DIR).
+set -u -o pipefail
+
+usage() {
+  sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
+  cat <<'EOF'
+
+Options:
+  --build DIR          meson build directory; set up with -Dbuildtype=release
+                       when it does not exist (default: $KR_BUILD, or
+                       ./build-release); kasd, agentd, kasctl and
+                       bench/tunnel/tunnel_load are built in it
+  --no-build           use DIR as it is
+  --seconds S          wrk duration per run (default: $KR_BENCH_SECONDS or 10)
+  --runs R             runs per path and connection count (default:
+                       $KR_BENCH_RUNS or 3)
+  --conns LIST         connection counts (32,1); wrk uses 2 threads, or 1
+                       for one connection
+  --warmup S           untimed wrk run per path before the first round (2;
+                       0 to skip)
+  --only LIST          comma list of paths, from: direct, nginx, ssh, kas
+                       (default: all)
+  --agent-transport T  tcp (default) or tls: the agentd -> kasd tunnel
+  --agent-conns N      tunnel connections agentd keeps (agentd default: 2)
+  --perf DIR           record `perf record -g` profiles of kasd and agentd
+                       during the timed runs into DIR, and print their top
+                       functions
+  --out FILE           also write the final report to FILE
+  --deadline S         hard limit for the whole run in seconds (default:
+                       enough for the runs asked for, plus 300)
+  --keep               keep the temporary directory (logs, configs)
+EOF
+}
+
+COMMAND_LINE="$0 $*"
+START_SECONDS=$SECONDS
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+BUILD=${KR_BUILD:-$root/build-release}
+DO_BUILD=1
+DURATION=${KR_BENCH_SECONDS:-10}
+RUNS=${KR_BENCH_RUNS:-3}
+CONNS_LIST=32,1
+WARMUP=2
+ONLY=direct,nginx,ssh,kas
+AGENT_TRANSPORT=tcp
+AGENT_CONNS=
+PERF_DIR=
+OUT=
+DEADLINE=
+KEEP=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build) BUILD=$2; shift 2 ;;
+    --no-build) DO_BUILD=0; shift ;;
+    --seconds) DURATION=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
+    --conns) CONNS_LIST=$2; shift 2 ;;
+    --warmup) WARMUP=$2; shift 2 ;;
+    --only) ONLY=$2; shift 2 ;;
+    --agent-transport) AGENT_TRANSPORT=$2; shift 2 ;;
+    --agent-conns) AGENT_CONNS=$2; shift 2 ;;
+    --perf) PERF_DIR=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --deadline) DEADLINE=$2; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+bad() { echo "run.sh: $*" >&2; exit 2; }
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || bad "bad --runs / KR_BENCH_RUNS: $RUNS"
+[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || bad "bad --seconds / KR_BENCH_SECONDS: $DURATION"
+[[ "$WARMUP" =~ ^[0-9]+$ ]] || bad "bad --warmup: $WARMUP"
+[[ "$CONNS_LIST" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || bad "bad --conns: $CONNS_LIST"
+[ -z "$AGENT_CONNS" ] || [[ "$AGENT_CONNS" =~ ^[1-9][0-9]*$ ]] || bad "bad --agent-conns"
+case "$AGENT_TRANSPORT" in tcp|tls) ;; *) bad "--agent-transport is tcp or tls" ;; esac
+IFS=, read -r -a CONNS <<<"$CONNS_LIST"
+IFS=, read -r -a ONLY_LIST <<<"$ONLY"
+for p in "${ONLY_LIST[@]}"; do
+  case "$p" in direct|nginx|ssh|kas) ;; *) bad "unknown path in --only: $p" ;; esac
+done
+# The connection counts the summary compares (when measured).
+CMAX=$(printf '%s\n' "${CONNS[@]}" | sort -n | tail -1)
+CMIN=$(printf '%s\n' "${CONNS[@]}" | sort -n | head -1)
+if [ -z "$DEADLINE" ]; then
+  DEADLINE=$((300 + RUNS * ${#CONNS[@]} * ${#ONLY_LIST[@]} * (DURATION + 15) + 4 * (WARMUP + 10)))
+fi
+
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+for t in nginx wrk curl; do
+  command -v "$t" >/dev/null 2>&1 || [ -x "/usr/sbin/$t" ] ||
+    bad "needs $t (Debian package $t)"
+done
+NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
+
+# ------------------------------------------------------------------ build
+if [ $DO_BUILD = 1 ]; then
+  if [ ! -f "$BUILD/build.ninja" ]; then
+    echo "run.sh: setting up $BUILD (-Dbuildtype=release)" >&2
+    meson setup "$BUILD" "$root" -Dbuildtype=release >"${TMPDIR:-/tmp}/kr-http-bench-setup.log" 2>&1 ||
+      { tail -20 "${TMPDIR:-/tmp}/kr-http-bench-setup.log" >&2; bad "meson setup $BUILD failed"; }
+  fi
+  if ! ninja -C "$BUILD" daemons/kasd daemons/agentd daemons/kasctl \
+      bench/tunnel/tunnel_load >"${TMPDIR:-/tmp}/kr-http-bench-build.log" 2>&1; then
+    grep -m 20 -E 'error|FAILED' "${TMPDIR:-/tmp}/kr-http-bench-build.log" >&2
+    bad "building in $BUILD failed (ninja -C $BUILD)"
+  fi
+fi
+KASD=$BUILD/daemons/kasd
+AGENTD=$BUILD/daemons/agentd
+KASCTL=$BUILD/daemons/kasctl
+LOAD=$BUILD/bench/tunnel/tunnel_load
+for b in "$KASD" "$AGENTD" "$KASCTL" "$LOAD"; do
+  [ -x "$b" ] || bad "missing $b (build it: meson compile -C $BUILD)"
+done
+
+. "$here/../lib.sh"
+BUILDTYPE=$(meson_buildtype "$BUILD")
+[ "$BUILDTYPE" = release ] ||
+  echo "run.sh: warning: $BUILD is buildtype '${BUILDTYPE:-unknown}', not release" >&2
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/kr-http-bench.XXXXXX")
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+start_watchdog "$DEADLINE"
+mkdir -p "$TMP/res"
+
+free_port() { "$LOAD" --free-port; }
+
+# The upstream's answer; every path must deliver exactly this.
+BODY='hello, world'
+printf '%s\n' "$BODY" >"$TMP/expected.body"
+BODY_LEN=$(wc -c <"$TMP/expected.body")
+
+# http_ok URL [CURL_ARGS...]: status 200 and exactly the expected body.
+http_ok() {
+  local url=$1 code; shift
+  code=$(curl -sS --max-time 5 -o "$TMP/check.body" -w '%{http_code}' "$@" "$url" \
+    2>"$TMP/check.err") || return 1
+  [ "$code" = 200 ] && cmp -s "$TMP/check.body" "$TMP/expected.body"
+}
+
+# Say why a path's check failed (status line and body of one more try).
+http_why() {
+  local url=$1; shift
+  curl -sS --max-time 5 -o "$TMP/why.body" -w 'HTTP status %{http_code}\n' "$@" "$url" >&2 2>&1
+  head -c 300 "$TMP/why.body" >&2 2>/dev/null
+  echo >&2
+}
+
+# Paths under test: PATHS (in order) with, per path, the URL wrk requests,
+# the processes whose CPU time is charged to the path ("name=pid ..."), and
+# extra wrk arguments.
+PATHS=()
+declare -A URL WRK_ARGS PROCS
+FAILED=()
+NOTES=()
+add_path() { PATHS+=("$1"); URL[$1]=$2; PROCS[$1]=$3; WRK_ARGS[$1]=${4:-}; }
+drop_path() {
+  local p keep=()
+  for p in "${PATHS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  PATHS=("${keep[@]}")
+  FAILED+=("$1")
+}
+
+# --------------------------------------------------------------- nginx
+# nginx_conf DIR KIND PORT [UPSTREAM_PORT]: a config for one master and one
+# worker running as the current user, everything (pid, temp dirs) under DIR,
+# errors to stderr, no access log. Keep-alive requests per connection are
+# not limited (nginx's default closes a client connection after 1000), so
+# wrk's connections stay up for the whole run as they do through kas.
+nginx_conf() {
+  local dir=$1 kind=$2 port=$3 up=${4:-} user=''
+  [ "$(id -u)" = 0 ] && user="user $(id -un) $(id -gn);"
+  mkdir -p "$dir"
+  {
+    cat <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+$user
+pid $dir/nginx.pid;
+error_log stderr warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/client_body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+EOF
+    if [ "$kind" = upstream ]; then
+      cat <<EOF
+  server {
+    listen 127.0.0.1:$port;
+    location = /hello {
+      default_type text/plain;
+      return 200 "$BODY\n";
+    }
+  }
+}
+EOF
+    else
+      cat <<EOF
+  upstream hello_upstream {
+    server 127.0.0.1:$up;
+    keepalive 64;
+    keepalive_requests 100000000;
+  }
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      proxy_pass http://hello_upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+    fi
+  } >"$dir/nginx.conf"
+}
+
+# nginx_up NAME KIND [UPSTREAM_PORT]: start nginx (process NAME), retrying
+# with another port when the picked one was taken meanwhile. Sets
+# NGINX_PORT and NGINX_PID.
+nginx_up() {
+  local name=$1 kind=$2 up=${3:-} try dir=$TMP/$1
+  for try in 1 2 3; do
+    NGINX_PORT=$(free_port)
+    nginx_conf "$dir" "$kind" "$NGINX_PORT" "$up"
+    start "$name" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e stderr
+    NGINX_PID=$LASTPID
+    if wait_until 10 "$NGINX_PID" "$name" http_ok "http://127.0.0.1:$NGINX_PORT/hello"; then
+      return 0
+    fi
+    stop_pid "$NGINX_PID"
+    log "$name: not answering on port $NGINX_PORT (try $try)"
+  done
+  return 1
+}
+
+# ---------------------------------------------------------- kas machinery
+KAS_AGENT_ID=7
+# kas_up UPSTREAM_PORT: kasd (agent listener over --agent-transport, API
+# listener, HTTP gateway), agentd serving "hello" from the upstream, and an
+# API JWT for wrk and curl that stays out of command lines (wrk reads it
+# from a Lua script, curl from a header file). Adds the path "kas".
+kas_up() {
+  local up=$1 kasd agentd n tls_k=() tls_a=() http_port ttl
+  if ! "$KASD" --help 2>&1 | grep -q -- '--http-listen'; then
+    log "kas: $KASD has no --http-listen (the HTTP gateway is not in this build)"
+    NOTES+=("kas: not measured: kasd in $BUILD has no --http-listen")
+    return 1
+  fi
+  echo -n "bench-agent-token-$(date +%s)-$RANDOM$RANDOM" >"$TMP/agent.tok"
+  echo "$KAS_AGENT_ID $("$KASCTL" hash-token <"$TMP/agent.tok") bench agent" >"$TMP/tokens"
+  head -c 48 /dev/urandom | base64 >"$TMP/api.secret"
+  chmod 600 "$TMP/agent.tok" "$TMP/api.secret"
+  if [ "$AGENT_TRANSPORT" = tls ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -subj /CN=127.0.0.1 -days 2 -keyout "$TMP/kas.key" -out "$TMP/kas.crt" \
+      >"$TMP/openssl.log" 2>&1 || { cat "$TMP/openssl.log" >&2; return 1; }
+    tls_k=(--tls-cert "$TMP/kas.crt" --tls-key "$TMP/kas.key")
+    tls_a=(--ca-file "$TMP/kas.crt")
+  fi
+  start kasd "$KASD" --agent-listen "$AGENT_TRANSPORT://127.0.0.1:0" \
+    --api-listen tcp://127.0.0.1:0 --http-listen http://127.0.0.1:0 \
+    --agent-tokens "$TMP/tokens" --api-secret-file "$TMP/api.secret" \
+    --drain-grace 1 --name bench-http "${tls_k[@]}"
+  kasd=$LASTPID
+  wait_until 10 $kasd "kasd" grep -q '^kasd ready.*http_port=' "$TMP/kasd.out" || return 1
+  KAS_AGENT_PORT=$(sed -n 's/.*agent_port=\([0-9]*\).*/\1/p' "$TMP/kasd.out")
+  http_port=$(sed -n 's/.*http_port=\([0-9]*\).*/\1/p' "$TMP/kasd.out")
+  local conns_arg=()
+  [ -n "$AGENT_CONNS" ] && conns_arg=(--connections "$AGENT_CONNS")
+  start agentd "$AGENTD" --kas "$AGENT_TRANSPORT://127.0.0.1:$KAS_AGENT_PORT" \
+    --token-file "$TMP/agent.tok" --name bench-http \
+    --service "hello=http://127.0.0.1:$up" --drain-grace 1 \
+    "${conns_arg[@]}" "${tls_a[@]}"
+  agentd=$LASTPID
+  n=${AGENT_CONNS:-2}
+  wait_until 15 $agentd "agentd" \
+    count_ge "$TMP/kasd.err" 'event=agent_connected' "$n" || return 1
+  # Long enough for the whole run: the token is minted once.
+  ttl=$((DEADLINE + 600))
+  [ $ttl -le 86400 ] || ttl=86400
+  local jwt
+  jwt=$("$KASCTL" token --secret-file "$TMP/api.secret" --ttl "$ttl") ||
+    { log "kasctl token failed"; return 1; }
+  (umask 077
+    printf 'Authorization: Bearer %s\n' "$jwt" >"$TMP/auth.header"
+    printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$jwt" >"$TMP/auth.lua")
+  jwt=
+  local url="http://127.0.0.1:$http_port/api/v1/agents/$KAS_AGENT_ID/services/hello/hello"
+  if ! wait_until 10 $kasd "kas gateway" http_ok "$url" -H "@$TMP/auth.header"; then
+    http_why "$url" -H "@$TMP/auth.header"
+    return 1
+  fi
+  add_path kas "$url" "kasd=$kasd agentd=$agentd" "-s $TMP/auth.lua"
+}
+
+PERF_PIDS=()
+perf_attach() { # NAME: profile the path's processes until the timed runs end
+  local name=$1 pair
+  mkdir -p "$PERF_DIR"
+  for pair in ${PROCS[$name]}; do
+    start "perf-$name-${pair%%=*}" perf record -g -F 999 \
+      -o "$PERF_DIR/$name-${pair%%=*}.data" -p "${pair#*=}"
+    PERF_PIDS+=("$LASTPID")
+  done
+}
+
+# ------------------------------------------------------------- set-up
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+log "temp dir $TMP; ${DURATION}s per run, runs $RUNS, connections $CONNS_LIST; paths $ONLY"
+log "load average before: $LOAD_BEFORE"
+
+nginx_up upstream upstream || die "upstream nginx does not start (see $TMP/upstream.err)"
+UP_PORT=$NGINX_PORT
+UP_PID=$NGINX_PID
+NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
+log "upstream nginx on port $UP_PORT"
+
+want direct && add_path direct "http://127.0.0.1:$UP_PORT/hello" ""
+
+if want nginx; then
+  log "setting up the nginx proxy"
+  if nginx_up proxy proxy "$UP_PORT"; then
+    add_path nginx "http://127.0.0.1:$NGINX_PORT/hello" "nginx=$NGINX_PID"
+  else
+    FAILED+=(nginx)
+  fi
+fi
+
+SSH_CIPHER=
+if want ssh; then
+  if ssh_available && sshd_up "$(free_port)"; then
+    log "setting up ssh -R (default ciphers)"
+    fport=$(free_port)
+    if ssh_reverse ssh "" "$fport:$UP_PORT" &&
+        wait_until 10 "$SSH_PID" "ssh -R" http_ok "http://127.0.0.1:$fport/hello"; then
+      SSH_CIPHER=$SSH_CIPHER_USED
+      add_path ssh "http://127.0.0.1:$fport/hello" \
+        "sshd=${SSH_SESSION_PID:-$SSHD_PID} ssh=$SSH_PID"
+      NOTES+=("ssh: $SSH_VERSION; default ciphers, negotiated ${SSH_CIPHER:-unknown}; each wrk connection is one channel of the one ssh connection")
+    else
+      FAILED+=(ssh)
+    fi
+  else
+    FAILED+=(ssh)
+  fi
+fi
+
+if want kas; then
+  log "setting up kas (agent transport $AGENT_TRANSPORT://)"
+  kas_up "$UP_PORT" || FAILED+=(kas)
+fi
+
+[ ${#PATHS[@]} -gt 0 ] || die "no path could be set up"
+
+if [ -n "$PERF_DIR" ] && [ -n "${PROCS[kas]:-}" ]; then
+  perf_attach kas
+fi
+
+# ------------------------------------------------------------- measure
+# wrk_parse FILE: "req_per_s p50_ms p99_ms requests non2xx socket_errors".
+wrk_parse() {
+  awk '
+    function ms(v) {
+      if (v ~ /us$/) return v / 1000
+      if (v ~ /ms$/) return v + 0
+      if (v ~ /m$/) return v * 60000
+      if (v ~ /s$/) return v * 1000
+      return v + 0
+    }
+    /^Requests\/sec:/ { rps = $2 }
+    /^ *50% / { p50 = ms($2) }
+    /^ *99% / { p99 = ms($2) }
+    / requests in / { reqs = $1 }
+    /Non-2xx or 3xx responses:/ { bad = $NF }
+    /Socket errors:/ { gsub(",", ""); err = $4 + $6 + $8 + $10 }
+    END {
+      if (rps == "" || p99 == "") exit 1
+      printf "%s %.4f %.4f %d %d %d\n", rps, p50, p99, reqs, bad + 0, err + 0
+    }' "$1"
+}
+
+# run_wrk PATH CONNS SECONDS OUTFILE: one wrk run, bounded in time.
+run_wrk() {
+  local p=$1 c=$2 s=$3 out=$4 t=2 lp
+  [ "$c" -lt 2 ] && t=1
+  # shellcheck disable=SC2086 # WRK_ARGS holds separate words
+  timeout $((s + 30)) wrk -t "$t" -c "$c" -d "${s}s" --latency ${WRK_ARGS[$p]} \
+    "${URL[$p]}" >"$out" 2>&1 &
+  lp=$!
+  track wrk "$lp"
+  wait "$lp"
+  local rc=$?
+  untrack "$lp"
+  return $rc
+}
+
+# One timed run: PATH CONNS. Records requests/s, p50, p99 (ms), and the CPU
+# seconds of the path's processes and of the upstream.
+measure() {
+  local p=$1 c=$2 pair t0=() u0 i=0 line rps p50 p99 reqs bad err cpu=0 parts=''
+  local f="$TMP/res/$p.c$c" out="$TMP/wrk-$p-c$c.txt"
+  for pair in ${PROCS[$p]}; do t0+=("$(cpu_ticks "${pair#*=}")"); done
+  u0=$(cpu_ticks "$UP_PID")
+  if ! run_wrk "$p" "$c" "$DURATION" "$out"; then
+    log "$p c=$c: wrk failed:"; tail -n 5 "$out" >&2
+    return 1
+  fi
+  for pair in ${PROCS[$p]}; do
+    local d=$(($(cpu_ticks "${pair#*=}") - t0[i]))
+    cpu=$((cpu + d)); parts+="${pair%%=*}=$(awk -v d="$d" -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz }') "
+    i=$((i + 1))
+  done
+  local up=$(($(cpu_ticks "$UP_PID") - u0))
+  line=$(wrk_parse "$out") || { log "$p c=$c: cannot read wrk's output:"; cat "$out" >&2; return 1; }
+  read -r rps p50 p99 reqs bad err <<<"$line"
+  cat "$out" >>"$TMP/res/$p.c$c.wrk"
+  if [ "$bad" != 0 ]; then
+    log "$p c=$c: $bad of $reqs responses were not 2xx/3xx"
+    return 1
+  fi
+  [ "$err" = 0 ] || NOTES+=("$p c=$c: wrk counted $err socket errors in one run ($reqs requests)")
+  echo "$rps" >>"$f.rps"
+  echo "$p50" >>"$f.p50"
+  echo "$p99" >>"$f.p99"
+  awk -v t="$cpu" -v hz="$HZ" 'BEGIN { printf "%.2f\n", t / hz }' >>"$f.cpu"
+  awk -v t="$cpu" -v hz="$HZ" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.2f\n", t / hz / n * 1e6 }' >>"$f.cpureq"
+  awk -v t="$up" -v hz="$HZ" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.2f\n", t / hz / n * 1e6 }' >>"$f.upreq"
+  echo "$parts" >>"$f.cpuparts"
+  printf '  %-7s c=%-3s %10.1f req/s  p50 %.3f ms  p99 %.3f ms  cpu %s\n' \
+    "$p" "$c" "$rps" "$p50" "$p99" "${parts:-(none)}" >&2
+}
+
+if [ "$WARMUP" -gt 0 ]; then
+  for p in "${PATHS[@]}"; do
+    log "warm-up $p (${WARMUP}s, $CMAX connections)"
+    run_wrk "$p" "$CMAX" "$WARMUP" "$TMP/wrk-warmup-$p.txt" ||
+      { tail -n 5 "$TMP/wrk-warmup-$p.txt" >&2; drop_path "$p"; }
+  done
+fi
+
+for r in $(seq "$RUNS"); do
+  for c in "${CONNS[@]}"; do
+    log "round $r/$RUNS, $c connection(s)"
+    for p in "${PATHS[@]}"; do
+      measure "$p" "$c" || drop_path "$p"
+    done
+  done
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+if [ -s "$TMP/res/ssh.c$CMIN.p99" ] &&
+    awk '{ if ($1 >= 20) f = 1 } END { exit !f }' "$TMP/res/ssh.c$CMIN.p99"; then
+  NOTES+=("ssh: p99 of 20 ms or more at $CMIN connection(s): sshd sets TCP_NODELAY only on interactive (tty) sessions, so on an ssh -N -R session a small packet can wait for the peer's delayed ACK (about 40 ms)")
+fi
+NOTES+=("load average (1/5/15 min) before: $LOAD_BEFORE; after: $LOAD_AFTER; $(nproc) CPUs shared by wrk, the upstream and the path's processes")
+
+if [ ${#PERF_PIDS[@]} -gt 0 ]; then
+  # perf record writes its file and exits on SIGTERM.
+  for p in "${PERF_PIDS[@]}"; do stop_pid "$p"; done
+  log "perf data in $PERF_DIR (perf report -i FILE --no-children)"
+fi
+
+# ----------------------------------------------------------------- report
+med() { # PATH CONNS KIND [FMT]
+  local f="$TMP/res/$1.c$2.$3"
+  [ -s "$f" ] && median "${4:-%.1f}" <"$f" || echo nan
+}
+label() {
+  case $1 in
+    direct) echo "direct (wrk -> nginx)" ;;
+    nginx) echo "nginx proxy hop" ;;
+    ssh) echo "ssh -R (${SSH_CIPHER:-default cipher})" ;;
+    kas) echo "kas gateway -> agentd ($AGENT_TRANSPORT)" ;;
+  esac
+}
+short() { case $1 in direct) echo direct ;; nginx) echo "nginx proxy" ;; ssh) echo "ssh -R" ;; esac; }
+# goal NAME VALUE OP LIMIT: "PASS"/"FAIL" line for a ratio.
+goal() {
+  local verdict
+  verdict=$(awk -v v="$2" -v op="$3" -v l="$4" 'BEGIN {
+    if (v == "-" || v == "") { print "n/a"; exit }
+    if (op == ">=") print (v >= l ? "PASS" : "FAIL"); else print (v <= l ? "PASS" : "FAIL") }')
+  printf '  %-52s %6s  (goal %s %s)  %s\n' "$1" "$2" "$3" "$4" "$verdict"
+}
+
+report() {
+  local p c rps p50 p99 drps dp99
+  echo "HTTP requests: wrk GET, ${BODY_LEN}-byte body from nginx $NGINX_VERSION; median of $RUNS runs of ${DURATION}s"
+  echo "command: $COMMAND_LINE"
+  echo "machine: $(machine_line); run took $((SECONDS - START_SECONDS)) s"
+  echo "build: $BUILD (buildtype ${BUILDTYPE:-unknown}); wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'); 2 wrk threads (1 for 1 connection)"
+  echo
+  printf '| %-40s | %5s | %10s | %8s | %8s | %8s | %8s | %9s | %10s |\n' \
+    path conns "req/s" "x direct" "p50 ms" "p99 ms" "p99 x d" "CPU s/run" "CPU us/req"
+  printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..42})" "-------" \
+    "------------" "----------" "----------" "----------" "----------" "-----------" "------------"
+  for c in "${CONNS[@]}"; do
+    drps=$(med direct "$c" rps); dp99=$(med direct "$c" p99 %.3f)
+    for p in direct nginx ssh kas; do
+      want "$p" || continue
+      rps=$(med "$p" "$c" rps); p50=$(med "$p" "$c" p50 %.3f); p99=$(med "$p" "$c" p99 %.3f)
+      printf '| %-40s | %5s | %10s | %8s | %8s | %8s | %8s | %9s | %10s |\n' "$(label "$p")" "$c" \
+        "$rps" "$(ratio "$rps" "$drps")" "$p50" "$p99" "$(ratio "$p99" "$dp99")" \
+        "$( [ "$p" = direct ] && echo - || med "$p" "$c" cpu %.2f)" \
+        "$( [ "$p" = direct ] && echo - || med "$p" "$c" cpureq %.1f)"
+    done
+  done
+  echo "(CPU: utime+stime of the path's own processes during a run, median: nginx proxy = its"
+  echo " master and worker; ssh = sshd session + ssh client; kas = kasd + agentd; the upstream"
+  echo " and wrk are not counted. CPU us/req = CPU seconds / requests completed in that run.)"
+  echo
+  if want kas; then
+    echo "kas against the alternatives (kas / other; req/s: higher is better for kas; p99: lower):"
+    printf '| %-22s | %12s | %12s | %11s | %11s |\n' ratio "req/s c=$CMAX" "req/s c=$CMIN" "p99 c=$CMAX" "p99 c=$CMIN"
+    printf '|%s|%s|%s|%s|%s|\n' "------------------------" "--------------" "--------------" "-------------" "-------------"
+    for p in nginx ssh direct; do
+      want "$p" || continue
+      printf '| %-22s | %12s | %12s | %11s | %11s |\n' "kas / $(short "$p")" \
+        "$(ratio "$(med kas "$CMAX" rps)" "$(med "$p" "$CMAX" rps)")" \
+        "$(ratio "$(med kas "$CMIN" rps)" "$(med "$p" "$CMIN" rps)")" \
+        "$(ratio "$(med kas "$CMAX" p99 %.4f)" "$(med "$p" "$CMAX" p99 %.4f)")" \
+        "$(ratio "$(med kas "$CMIN" p99 %.4f)" "$(med "$p" "$CMIN" p99 %.4f)")"
+    done
+    echo
+    echo "Goals:"
+    goal "kas req/s / nginx proxy req/s at $CMAX connections" \
+      "$(ratio "$(med kas "$CMAX" rps)" "$(med nginx "$CMAX" rps)")" ">=" 1.0
+    goal "kas p99 / nginx proxy p99 at $CMIN connection(s)" \
+      "$(ratio "$(med kas "$CMIN" p99 %.4f)" "$(med nginx "$CMIN" p99 %.4f)")" "<=" 2.0
+    echo
+  fi
+  echo "All runs (req/s; p99 ms; CPU s of the path's processes per process):"
+  for p in direct nginx ssh kas; do
+    for c in "${CONNS[@]}"; do
+      [ -s "$TMP/res/$p.c$c.rps" ] || continue
+      printf '  %-7s c=%-3s req/s %s\n' "$p" "$c" "$(tr '\n' ' ' <"$TMP/res/$p.c$c.rps")"
+      printf '  %-7s c=%-3s p99   %s\n' "$p" "$c" "$(tr '\n' ' ' <"$TMP/res/$p.c$c.p99")"
+      [ "$p" = direct ] ||
+        printf '  %-7s c=%-3s cpu   %s\n' "$p" "$c" "$(paste -sd '|' "$TMP/res/$p.c$c.cpuparts" | sed 's/ |/ | /g')"
+      printf '  %-7s c=%-3s upstream nginx CPU us/req %s\n' "$p" "$c" "$(tr '\n' ' ' <"$TMP/res/$p.c$c.upreq")"
+    done
+  done
+  if [ -n "$PERF_DIR" ] && [ -n "${PROCS[kas]:-}" ]; then
+    local f
+    for f in "$PERF_DIR"/kas-kasd.data "$PERF_DIR"/kas-agentd.data; do
+      [ -s "$f" ] || continue
+      echo
+      echo "perf: top functions by self time in $(basename "$f" .data) (perf report -i $f --no-children):"
+      perf report -i "$f" --no-children --stdio -g none --percent-limit 1 \
+        --sort dso,symbol 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25 | sed 's/^/  /'
+    done
+  fi
+  if [ ${#NOTES[@]} -gt 0 ]; then
+    echo
+    echo "Notes:"
+    local s
+    for s in "${NOTES[@]}"; do echo "  - $s"; done
+  fi
+  if [ ${#FAILED[@]} -gt 0 ]; then
+    echo
+    echo "FAILED paths: ${FAILED[*]} (logs in $TMP)"
+  fi
+}
+
+report | tee ${OUT:+"$OUT"}
+[ ${#FAILED[@]} -eq 0 ] || { KEEP=1; exit 1; }
+exit 0

@@ -231,6 +231,11 @@ EOF
       default_type text/plain;
       return 200 "$BODY\n";
     }
+    # Connections accepted, read before and after every run: tells whether
+    # a path keeps its upstream connections alive.
+    location = /nginx-status {
+      stub_status;
+    }
   }
 }
 EOF
@@ -435,13 +440,20 @@ run_wrk() {
   return $rc
 }
 
+# upstream_accepts: connections the upstream nginx accepted so far.
+upstream_accepts() {
+  curl -sS --max-time 5 "http://127.0.0.1:$UP_PORT/nginx-status" 2>/dev/null |
+    awk 'NR == 3 { print $1 }'
+}
+
 # One timed run: PATH CONNS. Records requests/s, p50, p99 (ms), and the CPU
 # seconds of the path's processes and of the upstream.
 measure() {
-  local p=$1 c=$2 pair t0=() u0 i=0 line rps p50 p99 reqs bad err cpu=0 parts=''
+  local p=$1 c=$2 pair t0=() u0 a0 i=0 line rps p50 p99 reqs bad err cpu=0 parts=''
   local f="$TMP/res/$p.c$c" out="$TMP/wrk-$p-c$c.txt"
   for pair in ${PROCS[$p]}; do t0+=("$(cpu_ticks "${pair#*=}")"); done
   u0=$(cpu_ticks "$UP_PID")
+  a0=$(upstream_accepts)
   if ! run_wrk "$p" "$c" "$DURATION" "$out"; then
     log "$p c=$c: wrk failed:"; tail -n 5 "$out" >&2
     return 1
@@ -451,7 +463,8 @@ measure() {
     cpu=$((cpu + d)); parts+="${pair%%=*}=$(awk -v d="$d" -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz }') "
     i=$((i + 1))
   done
-  local up=$(($(cpu_ticks "$UP_PID") - u0))
+  local up=$(($(cpu_ticks "$UP_PID") - u0)) a1
+  a1=$(upstream_accepts)
   line=$(wrk_parse "$out") || { log "$p c=$c: cannot read wrk's output:"; cat "$out" >&2; return 1; }
   read -r rps p50 p99 reqs bad err <<<"$line"
   cat "$out" >>"$TMP/res/$p.c$c.wrk"
@@ -467,6 +480,8 @@ measure() {
   awk -v t="$cpu" -v hz="$HZ" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.2f\n", t / hz / n * 1e6 }' >>"$f.cpureq"
   awk -v t="$up" -v hz="$HZ" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.2f\n", t / hz / n * 1e6 }' >>"$f.upreq"
   echo "$parts" >>"$f.cpuparts"
+  # The status request itself is one connection.
+  [ -n "$a0" ] && [ -n "$a1" ] && echo $((a1 - a0 - 1)) >>"$f.upconns"
   printf '  %-7s c=%-3s %10.1f req/s  p50 %.3f ms  p99 %.3f ms  cpu %s\n' \
     "$p" "$c" "$rps" "$p50" "$p99" "${parts:-(none)}" >&2
 }
@@ -530,24 +545,26 @@ report() {
   echo "machine: $(machine_line); run took $((SECONDS - START_SECONDS)) s"
   echo "build: $BUILD (buildtype ${BUILDTYPE:-unknown}); wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'); 2 wrk threads (1 for 1 connection)"
   echo
-  printf '| %-40s | %5s | %10s | %8s | %8s | %8s | %8s | %9s | %10s |\n' \
-    path conns "req/s" "x direct" "p50 ms" "p99 ms" "p99 x d" "CPU s/run" "CPU us/req"
-  printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..42})" "-------" \
-    "------------" "----------" "----------" "----------" "----------" "-----------" "------------"
+  printf '| %-40s | %5s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %8s |\n' \
+    path conns "req/s" "x direct" "p50 ms" "p99 ms" "p99 x d" "CPU s/run" "CPU us/req" "up conns"
+  printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..42})" "-------" \
+    "------------" "----------" "----------" "----------" "----------" "-----------" "------------" "----------"
   for c in "${CONNS[@]}"; do
     drps=$(med direct "$c" rps); dp99=$(med direct "$c" p99 %.3f)
     for p in direct nginx ssh kas; do
       want "$p" || continue
       rps=$(med "$p" "$c" rps); p50=$(med "$p" "$c" p50 %.3f); p99=$(med "$p" "$c" p99 %.3f)
-      printf '| %-40s | %5s | %10s | %8s | %8s | %8s | %8s | %9s | %10s |\n' "$(label "$p")" "$c" \
+      printf '| %-40s | %5s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %8s |\n' "$(label "$p")" "$c" \
         "$rps" "$(ratio "$rps" "$drps")" "$p50" "$p99" "$(ratio "$p99" "$dp99")" \
         "$( [ "$p" = direct ] && echo - || med "$p" "$c" cpu %.2f)" \
-        "$( [ "$p" = direct ] && echo - || med "$p" "$c" cpureq %.1f)"
+        "$( [ "$p" = direct ] && echo - || med "$p" "$c" cpureq %.1f)" \
+        "$(med "$p" "$c" upconns %.0f)"
     done
   done
   echo "(CPU: utime+stime of the path's own processes during a run, median: nginx proxy = its"
   echo " master and worker; ssh = sshd session + ssh client; kas = kasd + agentd; the upstream"
-  echo " and wrk are not counted. CPU us/req = CPU seconds / requests completed in that run.)"
+  echo " and wrk are not counted. CPU us/req = CPU seconds / requests completed in that run."
+  echo " up conns: connections the upstream nginx accepted during a run, from its stub_status.)"
   echo
   if want kas; then
     echo "kas against the alternatives (kas / other; req/s: higher is better for kas; p99: lower):"
@@ -578,6 +595,8 @@ report() {
       [ "$p" = direct ] ||
         printf '  %-7s c=%-3s cpu   %s\n' "$p" "$c" "$(paste -sd '|' "$TMP/res/$p.c$c.cpuparts" | sed 's/ |/ | /g')"
       printf '  %-7s c=%-3s upstream nginx CPU us/req %s\n' "$p" "$c" "$(tr '\n' ' ' <"$TMP/res/$p.c$c.upreq")"
+      [ -s "$TMP/res/$p.c$c.upconns" ] &&
+        printf '  %-7s c=%-3s upstream connections opened %s\n' "$p" "$c" "$(tr '\n' ' ' <"$TMP/res/$p.c$c.upconns")"
     done
   done
   if [ -n "$PERF_DIR" ] && [ -n "${PROCS[kas]:-}" ]; then

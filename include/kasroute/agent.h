@@ -95,8 +95,8 @@ KR_API int kr_agent_options_add_kubernetes(kr_agent_options *o,
 /* CA bundle for tls:// and wss:// (default: the system store). */
 KR_API int kr_agent_options_set_tls_ca_file(kr_agent_options *o,
                                             const char *path);
-/* Certificate verification for tls:// and wss:// (default 1). Turning it off is for
- * tests only. */
+/* Certificate verification for tls:// and wss:// (default 1). Turning it off is
+ * for tests only. */
 KR_API int kr_agent_options_set_tls_verify(kr_agent_options *o, int verify);
 /* Keepalive (see kr_mux_options_set_keepalive()). Defaults 15 s / 45 s. */
 KR_API int kr_agent_options_set_keepalive(kr_agent_options *o,

@@ -477,7 +477,10 @@ static size_t consume(hs_exchange *hx, const uint8_t *d, size_t n) {
   }
   int64_t r = kr__http_parser_feed(hx->c->p, d, n);
   if (r < 0) {
-    if (!hx->failed && hx->s)
+    if (!hx->failed && hx->s && r == KR_ETOOBIG)
+      hx_fail(hx, KR_CODE_UPSTREAM, "%s: upstream %s",
+              kr__http_parser_error(hx->c->p), hx->sv->where);
+    else if (!hx->failed && hx->s)
       hx_fail(hx, KR_CODE_UPSTREAM, "malformed response from upstream %s: %s",
               hx->sv->where, kr__http_parser_error(hx->c->p));
     return 0;

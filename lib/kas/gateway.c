@@ -73,7 +73,8 @@ struct gw_conn {
   kr_kas *k;
   kr__transport *t;
   int secure;
-  char addr[64];
+  char addr[64];  /* client IP, for X-Forwarded-For */
+  char peer[96];  /* ip:port, for logs */
   kr__http_parser *parser;
   struct evbuffer *in;  /* received, not yet consumed by the parser */
   struct evbuffer *out; /* for the client, refused by the transport */
@@ -160,6 +161,11 @@ static void conn_kill(gw_conn *gc) {
   gc->dead = 1;
   kr_kas *k = gc->k;
   conn_unlink(gc);
+  if (gc->req && !gc->req->resp_done)
+    kr__log(KR_LOG_INFO, "http_aborted",
+            "kas=%s peer=%s agent=%" PRId64 " replied=%d upgraded=%d", k->name,
+            gc->peer, gc->req->agent, gc->req->replied,
+            gc->upgraded);
   if (gc->req)
     release_stream(gc->req, KR_CODE_CANCEL, "client went away");
   if (gc->timer)
@@ -228,7 +234,7 @@ static void update_timer(gw_conn *gc, int progress) {
 static void timer_cb(evutil_socket_t fd, short what, void *arg) {
   gw_conn *gc = arg;
   kr__log(KR_LOG_INFO, "http_timeout", "kas=%s peer=%s phase=%s",
-          gc->k->name, gc->t ? gc->t->peer : "?",
+          gc->k->name, gc->peer,
           gc->phase == GW_T_HEAD ? "request" : "stalled");
   conn_kill(gc);
 }
@@ -304,7 +310,7 @@ static void send_error(gw_conn *gc, int status, const char *code,
     r->resp_done = 1;
   }
   kr__log(KR_LOG_INFO, "http_error", "kas=%s peer=%s status=%d code=%s",
-          gc->k->name, gc->t ? gc->t->peer : "?", status, code);
+          gc->k->name, gc->peer, status, code);
   flush(gc);
 }
 
@@ -951,6 +957,7 @@ void kr__gateway_accept(kr_kas *k, kr__transport *t, int open,
   gc->secure = secure;
   gc->reading = 1;
   snprintf(gc->addr, sizeof(gc->addr), "%s", addr);
+  snprintf(gc->peer, sizeof(gc->peer), "%s", t->peer);
   t->cb = conn_cbs;
   t->ud = gc;
   gc->next = k->gw_conns;

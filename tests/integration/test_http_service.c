@@ -155,6 +155,11 @@ static void up_handler(struct evhttp_request *req, void *arg) {
       evbuffer_add(out, b, n);
     }
     evhttp_send_reply(req, 200, "OK", out);
+  } else if (strcmp(path, "/hugeheader") == 0) {
+    static char v[40000];
+    memset(v, 'x', sizeof(v) - 1);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "X-Huge", v);
+    evhttp_send_reply(req, 200, "OK", NULL);
   } else if (strcmp(path, "/echo") == 0) {
     evhttp_add_header(evhttp_request_get_output_headers(req), "X-Echo", "1");
     evhttp_send_reply(req, 201, "Created", in);
@@ -855,6 +860,18 @@ START_TEST(upstream_down_resets_upstream) {
 }
 END_TEST
 
+START_TEST(response_header_too_large) {
+  req r;
+  get(&r, "web", "/hugeheader");
+  ck_assert_uint_eq(r.code, KR_CODE_UPSTREAM);
+  ck_assert_msg(strstr(r.reason, "response header too large") != NULL, "%s",
+                r.reason);
+  ck_assert(!r.replied);
+  ck_assert_uint_eq(stats("web").live, 0);
+  req_free(&r);
+}
+END_TEST
+
 START_TEST(keep_alive_reuses_one_connection) {
   for (int i = 0; i < 20; i++) {
     req r;
@@ -1121,6 +1138,7 @@ int main(void) {
   tcase_add_test(tc, head_has_no_body);
   tcase_add_test(tc, no_content);
   tcase_add_test(tc, upstream_down_resets_upstream);
+  tcase_add_test(tc, response_header_too_large);
   tcase_add_test(tc, keep_alive_reuses_one_connection);
   tcase_add_test(tc, client_reset_closes_upstream);
   tcase_add_test(tc, agent_freed_with_streams_in_flight);

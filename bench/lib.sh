@@ -47,10 +47,15 @@ stop_pid() {
   return 0
 }
 
+# The stat lines of all processes. Through cat, because processes come and
+# go while the files are read, and mawk (Debian's awk) stops at the first
+# file it cannot open, which would silently drop every process after it.
+proc_stats() { cat /proc/[0-9]*/stat 2>/dev/null; }
+
 # All descendants of a pid, from /proc (children first in the output).
 descendants() {
   local root=$1
-  awk -v root="$root" '
+  proc_stats | awk -v root="$root" '
     { line = $0; sub(/^[0-9]+ \(.*\) /, "", line); split(line, f, " ");
       pid = $1; ppid = f[2]; parent[pid] = ppid; pids[++n] = pid }
     END {
@@ -61,7 +66,7 @@ descendants() {
           q = parent[q]; d++
         }
       }
-    }' /proc/[0-9]*/stat 2>/dev/null
+    }'
 }
 
 # The EXIT trap: stops every process started with `start` (newest first;
@@ -138,11 +143,11 @@ start_watchdog() {
 # descendants.
 HZ=$(getconf CLK_TCK)
 cpu_ticks() {
-  local p all=() t=0
+  local p v all=() t=0
   for p in "$@"; do all+=("$p"); mapfile -t -O "${#all[@]}" all < <(descendants "$p"); done
   for p in "${all[@]}"; do
-    [ -r "/proc/$p/stat" ] || continue
-    t=$((t + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    v=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}')
+    t=$((t + ${v:-0}))
   done
   echo $t
 }
@@ -229,10 +234,10 @@ SSHD
 # so right after a client's forwards succeed it is that client's session.
 ssh_session_pid() {
   local c newest='' t best=0
-  for c in $(awk -v p="$SSHD_PID" '{ line = $0; sub(/^[0-9]+ \(.*\) /, "", line);
-      split(line, f, " "); if (f[2] == p) print $1 }' /proc/[0-9]*/stat 2>/dev/null); do
-    t=$(sed 's/^.*) //' "/proc/$c/stat" | awk '{print $20}')
-    if [ "$t" -ge "$best" ]; then best=$t; newest=$c; fi
+  for c in $(proc_stats | awk -v p="$SSHD_PID" '{ line = $0; sub(/^[0-9]+ \(.*\) /, "", line);
+      split(line, f, " "); if (f[2] == p) print $1 }'); do
+    t=$(sed 's/^.*) //' "/proc/$c/stat" 2>/dev/null | awk '{print $20}')
+    if [ -n "$t" ] && [ "$t" -ge "$best" ]; then best=$t; newest=$c; fi
   done
   echo "$newest"
 }

@@ -126,16 +126,19 @@ NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
 
 # ------------------------------------------------------------------ build
 if [ $DO_BUILD = 1 ]; then
+  blog=$(mktemp "${TMPDIR:-/tmp}/kr-http-bench-build.XXXXXX")
   if [ ! -f "$BUILD/build.ninja" ]; then
     echo "run.sh: setting up $BUILD (-Dbuildtype=release)" >&2
-    meson setup "$BUILD" "$root" -Dbuildtype=release >"${TMPDIR:-/tmp}/kr-http-bench-setup.log" 2>&1 ||
-      { tail -20 "${TMPDIR:-/tmp}/kr-http-bench-setup.log" >&2; bad "meson setup $BUILD failed"; }
+    meson setup "$BUILD" "$root" -Dbuildtype=release >"$blog" 2>&1 ||
+      { tail -20 "$blog" >&2; rm -f "$blog"; bad "meson setup $BUILD failed"; }
   fi
   if ! ninja -C "$BUILD" daemons/kasd daemons/agentd daemons/kasctl \
-      bench/tunnel/tunnel_load >"${TMPDIR:-/tmp}/kr-http-bench-build.log" 2>&1; then
-    grep -m 20 -E 'error|FAILED' "${TMPDIR:-/tmp}/kr-http-bench-build.log" >&2
+      bench/tunnel/tunnel_load >"$blog" 2>&1; then
+    grep -m 20 -E 'error|FAILED' "$blog" >&2
+    rm -f "$blog"
     bad "building in $BUILD failed (ninja -C $BUILD)"
   fi
+  rm -f "$blog"
 fi
 KASD=$BUILD/daemons/kasd
 AGENTD=$BUILD/daemons/agentd
@@ -564,19 +567,30 @@ report() {
   echo "(CPU: utime+stime of the path's own processes during a run, median: nginx proxy = its"
   echo " master and worker; ssh = sshd session + ssh client; kas = kasd + agentd; the upstream"
   echo " and wrk are not counted. CPU us/req = CPU seconds / requests completed in that run."
-  echo " up conns: connections the upstream nginx accepted during a run, from its stub_status.)"
+  echo " up conns: connections the upstream nginx accepted during a run (stub_status): wrk's own"
+  echo " connections (plus its one probe) for direct and ssh, pool refills for nginx and kas.)"
   echo
   if want kas; then
     echo "kas against the alternatives (kas / other; req/s: higher is better for kas; p99: lower):"
-    printf '| %-22s | %12s | %12s | %11s | %11s |\n' ratio "req/s c=$CMAX" "req/s c=$CMIN" "p99 c=$CMAX" "p99 c=$CMIN"
-    printf '|%s|%s|%s|%s|%s|\n' "------------------------" "--------------" "--------------" "-------------" "-------------"
+    local k hdr sep="|------------------------|" row
+    hdr="| $(printf '%-22s' ratio) |"
+    for k in rps p99; do
+      for c in "${CONNS[@]}"; do
+        hdr+=" $(printf '%11s' "${k/rps/req\/s} c=$c") |"
+        sep+="-------------|"
+      done
+    done
+    echo "$hdr"
+    echo "$sep"
     for p in nginx ssh direct; do
       want "$p" || continue
-      printf '| %-22s | %12s | %12s | %11s | %11s |\n' "kas / $(short "$p")" \
-        "$(ratio "$(med kas "$CMAX" rps)" "$(med "$p" "$CMAX" rps)")" \
-        "$(ratio "$(med kas "$CMIN" rps)" "$(med "$p" "$CMIN" rps)")" \
-        "$(ratio "$(med kas "$CMAX" p99 %.4f)" "$(med "$p" "$CMAX" p99 %.4f)")" \
-        "$(ratio "$(med kas "$CMIN" p99 %.4f)" "$(med "$p" "$CMIN" p99 %.4f)")"
+      row="| $(printf '%-22s' "kas / $(short "$p")") |"
+      for k in rps p99; do
+        for c in "${CONNS[@]}"; do
+          row+=" $(printf '%11s' "$(ratio "$(med kas "$c" $k %.4f)" "$(med "$p" "$c" $k %.4f)")") |"
+        done
+      done
+      echo "$row"
     done
     echo
     echo "Goals:"

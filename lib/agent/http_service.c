@@ -740,8 +740,13 @@ static void s_close(kr_stream *s, uint32_t code, const uint8_t *reason,
   hs_exchange *hx = ud;
   hx_enter(hx);
   hx->s = NULL;
-  if (code != KR_CODE_NO_ERROR)
+  if (code != KR_CODE_NO_ERROR) {
     hx->aborted = 1; /* its connection is never reused */
+    char q[300];
+    kr__log(KR_LOG_INFO, "http_request_aborted", "service=%s code=%s reason=%s",
+            hx->sv->name, kr_code_name(code),
+            kr__log_quote(q, sizeof(q), (const char *)reason, len));
+  }
   hx_leave(hx);
 }
 

@@ -271,11 +271,14 @@ void kr__strbuf_addf(kr__strbuf *b, const char *fmt, ...) {
 
 /* -------------------------------------------------------------- writers */
 
+/* RFC 9110 token characters ("!#$%&'*+-.^_`|~", digits, letters) as two
+ * bitmaps of the ASCII range. */
 static int is_tchar(unsigned char c) {
-  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-      (c >= '0' && c <= '9'))
-    return 1;
-  return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+  static const uint64_t lo = 0x03ff6cfa00000000ull; /* 0..63 */
+  static const uint64_t hi = 0x57ffffffc7fffffeull; /* 64..127 */
+  if (c < 64)
+    return (int)((lo >> c) & 1);
+  return c < 128 && ((hi >> (c - 64)) & 1);
 }
 
 static int is_token(const uint8_t *s, size_t n) {

@@ -119,12 +119,14 @@ struct kr__http_parser {
 
 /* ---------------------------------------------------------------- helpers */
 
+/* RFC 9110 token characters ("!#$%&'*+-.^_`|~", digits, letters) as two
+ * bitmaps of the ASCII range. */
 static int is_tchar(unsigned char c) {
-  /* RFC 9110 token characters. */
-  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-      (c >= '0' && c <= '9'))
-    return 1;
-  return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+  static const uint64_t lo = 0x03ff6cfa00000000ull; /* 0..63 */
+  static const uint64_t hi = 0x57ffffffc7fffffeull; /* 64..127 */
+  if (c < 64)
+    return (int)((lo >> c) & 1);
+  return c < 128 && ((hi >> (c - 64)) & 1);
 }
 
 static int lower(int c) {
@@ -154,6 +156,11 @@ static int fail(kr__http_parser *p, int err, const char *reason) {
 static const char *too_large(const kr__http_parser *p) {
   return p->is_request ? "request header too large"
                        : "response header too large";
+}
+
+/* The reason for an arena failure. */
+static const char *why(const kr__http_parser *p, int rc) {
+  return rc == KR_ENOMEM ? "out of memory" : too_large(p);
 }
 
 /* Forgets the previous head (its pointers die here) and expects a new one. */
@@ -240,46 +247,64 @@ static int close_token(kr__http_parser *p) {
 /* Scans head bytes d[0..n) before libhttp-parser sees them. Stops (and
  * turns scanning off) at the empty line ending the head, so body bytes are
  * never looked at; *end is the count of head bytes in d. Returns 0 or
- * fails the parser. */
+ * fails the parser. Ordinary bytes go through a tight loop: only CR, LF,
+ * NUL and blanks at the start of a line need a decision. */
 static int scan_head(kr__http_parser *p, const uint8_t *d, size_t n,
                      size_t *end) {
+  size_t room = p->lim.max_head - p->head_bytes; /* never negative */
+  size_t stop = n < room ? n : room;
+  int prev_cr = p->sc_prev_cr, line = p->sc_line, started = p->sc_started;
+  size_t i = 0;
+  int rc = 0;
   *end = n;
-  for (size_t i = 0; i < n; i++) {
+  while (i < stop) {
     uint8_t c = d[i];
-    if (++p->head_bytes > p->lim.max_head)
-      return fail(p, KR_ETOOBIG, too_large(p));
-    if (p->sc_prev_cr) {
-      if (c != '\n')
-        return fail(p, KR_EPROTO, "CR without LF in header");
-      p->sc_prev_cr = 0;
-      if (!p->sc_line && p->sc_started) {
-        p->scanning = 0;
-        *end = i + 1;
-        return 0;
+    if (prev_cr) {
+      if (c != '\n') {
+        rc = fail(p, KR_EPROTO, "CR without LF in header");
+        break;
       }
-      p->sc_line = 0;
+      prev_cr = 0;
+      i++;
+      if (!line && started) {
+        p->scanning = 0;
+        *end = i;
+        break;
+      }
+      line = 0;
       continue;
     }
-    switch (c) {
-    case '\r':
-      p->sc_prev_cr = 1;
-      break;
-    case '\n':
-      return fail(p, KR_EPROTO, "bare LF in header");
-    case '\0':
-      return fail(p, KR_EPROTO, "NUL byte in header");
-    case ' ':
-    case '\t':
-      if (!p->sc_line && p->sc_started)
-        return fail(p, KR_EPROTO, "obsolete line folding");
-      /* fall through */
-    default:
-      p->sc_line = 1;
-      p->sc_started = 1;
-      break;
+    if (c > ' ') {
+      line = started = 1;
+      i++;
+      while (i < stop && d[i] > '\r')
+        i++;
+      continue;
     }
+    if (c == '\r') {
+      prev_cr = 1;
+    } else if (c == '\n') {
+      rc = fail(p, KR_EPROTO, "bare LF in header");
+      break;
+    } else if (c == '\0') {
+      rc = fail(p, KR_EPROTO, "NUL byte in header");
+      break;
+    } else {
+      if ((c == ' ' || c == '\t') && !line && started) {
+        rc = fail(p, KR_EPROTO, "obsolete line folding");
+        break;
+      }
+      line = started = 1;
+    }
+    i++;
   }
-  return 0;
+  p->head_bytes += i;
+  p->sc_prev_cr = prev_cr;
+  p->sc_line = line;
+  p->sc_started = started;
+  if (rc == 0 && p->scanning && i == room && i < n)
+    rc = fail(p, KR_ETOOBIG, too_large(p));
+  return rc;
 }
 
 static int hexval(uint8_t c) {
@@ -429,7 +454,7 @@ static int on_url(http_parser *hp, const char *at, size_t n) {
   kr__http_parser *p = hp->data;
   int rc = arena_put(p, at, n, 0);
   if (rc < 0)
-    return cb_fail(p, rc, too_large(p));
+    return cb_fail(p, rc, why(p, rc));
   p->url_len += n;
   p->last = LAST_URL;
   return 0;
@@ -446,7 +471,7 @@ static int on_header_field(http_parser *hp, const char *at, size_t n) {
   int rc;
   if (p->last != LAST_FIELD) {
     if ((rc = close_token(p)) < 0)
-      return cb_fail(p, rc, too_large(p));
+      return cb_fail(p, rc, why(p, rc));
     if (p->nref >= p->lim.max_fields)
       return cb_fail(p, KR_ETOOBIG, "too many header fields");
     if (p->nref == p->refcap) {
@@ -471,7 +496,7 @@ static int on_header_field(http_parser *hp, const char *at, size_t n) {
     p->last = LAST_FIELD;
   }
   if ((rc = arena_put(p, at, n, 1)) < 0)
-    return cb_fail(p, rc, too_large(p));
+    return cb_fail(p, rc, why(p, rc));
   p->refs[p->nref - 1].name_len += n;
   return 0;
 }
@@ -490,12 +515,12 @@ static int on_header_value(http_parser *hp, const char *at, size_t n) {
     if (p->last != LAST_FIELD)
       return cb_fail(p, KR_EPROTO, "bad header field");
     if ((rc = arena_nul(p)) < 0)
-      return cb_fail(p, rc, too_large(p));
+      return cb_fail(p, rc, why(p, rc));
     p->refs[p->nref - 1].value_off = p->alen;
     p->last = LAST_VALUE;
   }
   if ((rc = arena_put(p, at, n, 0)) < 0)
-    return cb_fail(p, rc, too_large(p));
+    return cb_fail(p, rc, why(p, rc));
   p->refs[p->nref - 1].value_len += n;
   return 0;
 }
@@ -539,7 +564,7 @@ static int finish_head(kr__http_parser *p) {
   kr__http_head *h = &p->head;
   int rc = close_token(p);
   if (rc < 0)
-    return fail(p, rc, too_large(p));
+    return fail(p, rc, why(p, rc));
 
   h->is_request = p->is_request;
   h->http_major = hp->http_major;

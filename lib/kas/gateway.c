@@ -12,6 +12,7 @@
 #include <kasroute/error.h>
 
 #include "core/mux_internal.h"
+#include "core/sha256.h"
 #include "http/http_map.h"
 #include "http/http_parse.h"
 #include "io/log.h"
@@ -79,7 +80,9 @@ struct gw_conn {
   struct evbuffer *in;  /* received, not yet consumed by the parser */
   struct evbuffer *out; /* for the client, refused by the transport */
   gw_req *req;
-  int paused;   /* the parser waits (body backpressure, response pending) */
+  int paused;      /* the parser waits for the response (after on_end) */
+  int body_paused; /* the parser waits for the tunnel stream to take body
+                      bytes (on_body returned KR__HTTP_PAUSE) */
   int upgraded; /* raw relay after a 101 */
   int closing;  /* close once the output is sent; read nothing more */
   int reading;
@@ -89,6 +92,16 @@ struct gw_conn {
   int dead;     /* free when depth returns to 0 */
   struct event *timer;
   gw_timer_phase phase;
+  struct event *flush_ev; /* one write per loop iteration */
+  /* The last credentials this connection presented and what they proved:
+   * clients send the same Authorization on every request, and a full JWT
+   * check costs more than the rest of the request. */
+  char *auth;
+  size_t auth_len;
+  kr__http_auth_kind auth_kind;
+  const void *auth_table; /* the user-token table it was checked against */
+  kr__identity *auth_id;
+  const char *auth_reason; /* static text of the last refusal */
   gw_conn *prev, *next;
 };
 
@@ -150,6 +163,13 @@ static void conn_free_now(gw_conn *gc) {
     evbuffer_free(gc->out);
   if (gc->timer)
     event_free(gc->timer);
+  if (gc->flush_ev)
+    event_free(gc->flush_ev);
+  if (gc->auth) {
+    memset(gc->auth, 0, gc->auth_len);
+    free(gc->auth);
+  }
+  free(gc->auth_id);
   free(gc);
 }
 
@@ -170,6 +190,8 @@ static void conn_kill(gw_conn *gc) {
     release_stream(gc->req, KR_CODE_CANCEL, "client went away");
   if (gc->timer)
     event_del(gc->timer);
+  if (gc->flush_ev)
+    event_del(gc->flush_ev);
   if (gc->t) {
     gc->t->ops->free(gc->t);
     gc->t = NULL;
@@ -268,16 +290,23 @@ static void flush(gw_conn *gc) {
   }
 }
 
+/* Queues bytes for the client. They go out in one write at the end of
+ * this loop iteration (a response head and its body, or several DATA
+ * frames read together, share a segment), or at once through flush(). */
 static void send_bytes(gw_conn *gc, const void *p, size_t n) {
   if (!gc->t || gc->dead)
     return;
-  if (evbuffer_get_length(gc->out) == 0) {
-    size_t w = gc->t->ops->write(gc->t, p, n);
-    p = (const uint8_t *)p + w;
-    n -= w;
-  }
-  if (n)
-    evbuffer_add(gc->out, p, n);
+  evbuffer_add(gc->out, p, n);
+  event_active(gc->flush_ev, EV_TIMEOUT, 0);
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg) {
+  gw_conn *gc = arg;
+  enter(gc);
+  flush(gc);
+  if (!gc->dead)
+    update_timer(gc, 1);
+  leave(gc);
 }
 
 /* The small JSON error every failure answers with. */
@@ -311,7 +340,6 @@ static void send_error(gw_conn *gc, int status, const char *code,
   }
   kr__log(KR_LOG_INFO, "http_error", "kas=%s peer=%s status=%d code=%s",
           gc->k->name, gc->peer, status, code);
-  flush(gc);
 }
 
 /* Maps why a tunnel stream ended before a response to an HTTP error. */
@@ -406,6 +434,19 @@ static const char *field(const kr__http_head *h, const char *name) {
   return m ? (const char *)m->value : NULL;
 }
 
+/* Body backpressure is over once the tunnel stream took most of what was
+ * held: the parser goes on (at once, or when the current feed returns). */
+static void resume_body(gw_conn *gc, gw_req *r) {
+  if (!gc->body_paused ||
+      evbuffer_get_length(r->to_agent) > GW_BODY_LIMIT / 2)
+    return;
+  gc->body_paused = 0;
+  if (gc->in_feed)
+    gc->want_resume = 1;
+  else
+    kr__http_parser_resume(gc->parser);
+}
+
 static void routed(kr_stream *s, kas_conn *ac, uint32_t code,
                    const char *reason, void *ud) {
   gw_req *r = ud;
@@ -423,6 +464,49 @@ static void routed(kr_stream *s, kas_conn *ac, uint32_t code,
   if (r->expect_continue && !r->body_done)
     send_bytes(gc, "HTTP/1.1 100 Continue\r\n\r\n", 25);
   push_body(r);
+  resume_body(gc, r);
+  process(gc);
+}
+
+/* Checks the request's credentials, reusing the connection's last
+ * successful check when the same Authorization value comes again (compared
+ * in constant time) and is still valid. Returns what
+ * kr__http_auth_check() returns; *out points at the identity (valid until
+ * the next call) on success, gc->auth_reason holds the refusal reason. */
+static int authenticate(gw_conn *gc, const char *authz, kr__http_auth_kind kind,
+                        const kr__identity **out) {
+  kr_kas *k = gc->k;
+  size_t len = authz ? strlen(authz) : 0;
+  int64_t now = (int64_t)time(NULL);
+  gc->auth_reason = NULL;
+  if (authz && gc->auth && gc->auth_len == len && gc->auth_kind == kind &&
+      gc->auth_table == (const void *)k->user_tokens &&
+      now < gc->auth_id->valid_until &&
+      kr__ct_equal(gc->auth, authz, len)) {
+    *out = gc->auth_id;
+    return 0;
+  }
+  if (!gc->auth_id && !(gc->auth_id = malloc(sizeof(*gc->auth_id))))
+    return KR_ENOMEM;
+  if (gc->auth) { /* forget the old credentials first */
+    memset(gc->auth, 0, gc->auth_len);
+    free(gc->auth);
+    gc->auth = NULL;
+  }
+  kr__http_auth_cfg cfg = {k->api_secret_len ? k->api_secret : NULL,
+                           k->api_secret_len, k->user_tokens};
+  int rc = kr__http_auth_check(&cfg, authz, len, kind, now, gc->auth_id,
+                               &gc->auth_reason);
+  if (rc < 0)
+    return rc;
+  if ((gc->auth = malloc(len + 1)) != NULL) {
+    memcpy(gc->auth, authz, len + 1);
+    gc->auth_len = len;
+    gc->auth_kind = kind;
+    gc->auth_table = k->user_tokens;
+  }
+  *out = gc->auth_id;
+  return 0;
 }
 
 /* Builds the stream metadata for a request and starts routing it.
@@ -479,17 +563,13 @@ static int start_request(gw_conn *gc, const kr__http_head *h) {
 
   /* Who is calling. */
   const char *authz = field(h, "authorization");
-  kr__identity id;
-  const char *reason = NULL;
-  kr__http_auth_cfg cfg = {k->api_secret_len ? k->api_secret : NULL,
-                           k->api_secret_len, k->user_tokens};
-  int rc = kr__http_auth_check(&cfg, authz, authz ? strlen(authz) : 0, kind,
-                               (int64_t)time(NULL), &id, &reason);
+  const kr__identity *idp;
+  int rc = authenticate(gc, authz, kind, &idp);
   if (rc == KR_EPERM || rc == KR_EAUTH) {
     k->stats[KR_KAS_STAT_AUTH_FAILURES]++;
     send_error(gc, rc == KR_EPERM ? 403 : 401,
                rc == KR_EPERM ? "forbidden" : "unauthorized",
-               reason ? reason : "credentials refused");
+               gc->auth_reason ? gc->auth_reason : "credentials refused");
     return rc;
   }
   if (rc < 0) { /* out of memory, or a server-side misconfiguration */
@@ -497,8 +577,8 @@ static int start_request(gw_conn *gc, const kr__http_head *h) {
     return rc;
   }
   if (kind == KR__AUTH_K8S_PROXY)
-    agent = id.agent_id;
-  if (!kr__identity_allows(&id, agent)) {
+    agent = idp->agent_id;
+  if (!kr__identity_allows(idp, agent)) {
     send_error(gc, 403, "forbidden", "agent not allowed for these credentials");
     return KR_EPERM;
   }
@@ -540,9 +620,9 @@ static int start_request(gw_conn *gc, const kr__http_head *h) {
   if (rc == 0 && host)
     rc = kr__mdlist_adds(&md, "x-forwarded-host", host);
   if (rc == 0 && kind == KR__AUTH_K8S_PROXY) {
-    rc = kr__mdlist_adds(&md, KR__MD_USER, id.user);
-    for (size_t i = 0; rc == 0 && i < id.n_groups; i++)
-      rc = kr__mdlist_adds(&md, KR__MD_GROUP, id.groups[i]);
+    rc = kr__mdlist_adds(&md, KR__MD_USER, idp->user);
+    for (size_t i = 0; rc == 0 && i < idp->n_groups; i++)
+      rc = kr__mdlist_adds(&md, KR__MD_GROUP, idp->groups[i]);
   }
   if (rc < 0) {
     kr__mdlist_free(&md);
@@ -599,7 +679,10 @@ static int p_body(const uint8_t *p, size_t n, void *ud) {
   if (!r || r->resp_done)
     return 0; /* answered already: the body is dropped */
   to_agent(r, p, n);
-  return evbuffer_get_length(r->to_agent) > GW_BODY_LIMIT ? KR__HTTP_PAUSE : 0;
+  if (evbuffer_get_length(r->to_agent) <= GW_BODY_LIMIT)
+    return 0;
+  gc->body_paused = 1; /* until the stream takes most of it */
+  return KR__HTTP_PAUSE;
 }
 
 static int p_end(void *ud) {
@@ -636,7 +719,7 @@ static void process(gw_conn *gc) {
       evbuffer_drain(gc->in, n);
       break;
     }
-    if (gc->paused || (r && r->upgrade))
+    if (gc->paused || gc->body_paused || (r && r->upgrade))
       break; /* an upgrade's bytes wait for the 101 */
     struct evbuffer_iovec v;
     if (evbuffer_peek(gc->in, -1, NULL, &v, 1) < 1)
@@ -669,10 +752,6 @@ static void process(gw_conn *gc) {
       return;
     }
     evbuffer_drain(gc->in, (size_t)used);
-    r = gc->req;
-    if ((size_t)used < v.iov_len && r && !r->body_done && !r->upgrade &&
-        !gc->paused)
-      gc->paused = 1; /* body backpressure (KR__HTTP_PAUSE) */
   }
   if (gc->dead || !gc->t)
     return;
@@ -699,6 +778,7 @@ static void finish_request(gw_conn *gc) {
   req_free(r);
   gc->req = NULL;
   gc->paused = 0;
+  gc->body_paused = 0;
   gc->phase = GW_T_NONE;
   if (gc->closing) {
     flush(gc);
@@ -815,8 +895,6 @@ static void t_reply(kr_stream *s, const kr_md *md, size_t n, int fin,
   }
   if (fin)
     response_ended(gc, r);
-  flush(gc);
-  update_timer(gc, 1);
 out:
   leave(gc);
 }
@@ -837,8 +915,6 @@ static void t_data(kr_stream *s, const uint8_t *p, size_t n, void *ud) {
   } else {
     send_bytes(gc, p, n);
   }
-  flush(gc);
-  update_timer(gc, 1);
   leave(gc);
 }
 
@@ -855,11 +931,7 @@ static void t_writable(kr_stream *s, void *ud) {
   gw_conn *gc = r->gc;
   enter(gc);
   push_body(r);
-  if (gc->paused && !r->body_done && !gc->in_feed &&
-      evbuffer_get_length(r->to_agent) <= GW_BODY_LIMIT / 2) {
-    gc->paused = 0; /* body backpressure over */
-    kr__http_parser_resume(gc->parser);
-  }
+  resume_body(gc, r);
   process(gc);
   leave(gc);
 }
@@ -942,6 +1014,7 @@ void kr__gateway_accept(kr_kas *k, kr__transport *t, int open,
   gw_conn *gc = calloc(1, sizeof(*gc));
   if (!gc || !(gc->in = evbuffer_new()) || !(gc->out = evbuffer_new()) ||
       !(gc->timer = event_new(k->base, -1, 0, timer_cb, gc)) ||
+      !(gc->flush_ev = event_new(k->base, -1, 0, flush_cb, gc)) ||
       kr__http_parser_new(&gc->parser, 1, &k->opt.http_limits, &parser_cbs,
                           gc) < 0) {
     if (gc) {

@@ -1,4 +1,5 @@
 /* Caller identity for the kas HTTP gateway (see http_auth.h). */
+#include <stdint.h>
 #include <string.h>
 #include <strings.h>
 
@@ -142,6 +143,11 @@ static int check_jwt(const kr__http_auth_cfg *cfg, const char *tok, size_t n,
     return KR_EINVAL;
   }
   rc = identity_from_claims(claims, kind, id, reason);
+  if (rc == 0) {
+    /* Verified: exp is a number; accepted while now < exp + leeway. */
+    double exp = json_number_value(json_object_get(claims, "exp"));
+    id->valid_until = exp > 9e15 ? INT64_MAX : (int64_t)exp + LEEWAY_S;
+  }
   json_decref(claims);
   return rc;
 }
@@ -205,6 +211,7 @@ static int check_pat(const kr__http_auth_cfg *cfg, const char *cred, size_t n,
   id->agents[0] = agent;
   id->n_agents = 1;
   id->agent_id = agent;
+  id->valid_until = INT64_MAX;
   memcpy(id->user, e.user, strlen(e.user) + 1);
   for (size_t i = 0; i < e.n_groups && i < KR__IDENTITY_MAX_GROUPS; i++)
     memcpy(id->groups[i], e.groups[i], strlen(e.groups[i]) + 1);

@@ -59,6 +59,10 @@ typedef struct kr__identity {
   char user[KR__IDENTITY_MAX_NAME + 1];
   char groups[KR__IDENTITY_MAX_GROUPS][KR__IDENTITY_MAX_NAME + 1];
   size_t n_groups;
+  /* Until when (seconds since the epoch) the credentials stay valid, for
+   * callers that cache a check: a JWT's exp plus the leeway; INT64_MAX
+   * for user tokens (valid until the user-token table changes). */
+  int64_t valid_until;
 } kr__identity;
 
 typedef struct kr__http_auth_cfg {

@@ -809,7 +809,7 @@ def require_program(name, why):
     run() (or from a test: cleanup still runs)."""
     path = shutil.which(name)
     if not path:
-        print("SKIP: %s is not installed; it is needed %s" % (name, why))
+        print("SKIP: %s is not on PATH; this test needs it %s" % (name, why))
         print("SKIP: " + "*" * 60)
         sys.stdout.flush()
         sys.exit(SKIP)

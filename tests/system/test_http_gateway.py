@@ -9,7 +9,9 @@ errors:      401 (no, bad, wrongly signed, expired, wrong-audience and
              connects, ~1 s), 431 (header too large); the upstream sees
              X-Forwarded-For 127.0.0.1 and -Proto/-Host, never the
              caller's Authorization nor a hop-by-hop field; the method,
-             query and a small body pass through.
+             query and a small body pass through. The expired JWT is
+             minted here with an exp two hours back: a `kasctl token --ttl
+             1` would need kas's 30 s leeway to pass first.
 keepalive:   100 requests on one connection (the socket never changes);
              pipelining: 4 requests (one with a body) in one write, 4
              answers in order.
@@ -19,6 +21,14 @@ upload:      256 MiB chunked upload by curl -T - (Transfer-Encoding:
 download:    1 GiB with Content-Length by curl -o file, byte-exact (sha256
              against the pattern, computed while curl runs), and 64 MiB
              chunked with irregular chunk sizes.
+https:       the same over --http-listen https:// (test certificate):
+             keep-alive, X-Forwarded-Proto https, 256 MiB download.
+concurrent:  16 connections at once, 8 MiB each: downloads (each its own
+             pattern) and Content-Length uploads, all byte-exact.
+timeouts:    --http-request-timeout 1: a head trickled byte by byte is cut
+             after ~1 s; --http-idle-timeout 1: an idle keep-alive
+             connection is closed after ~1 s; neither cuts a response that
+             streams for 3 s nor a request body that trickles for 2.5 s.
 disconnect:  a client leaving mid-download of a 4 GiB body: the upstream
              is told within seconds (its connection ends) and has sent far
              less than the body; a streaming response (/slow) arrives
@@ -31,6 +41,8 @@ import hashlib
 import json
 import os
 import re
+import select
+import socket
 import subprocess
 import threading
 import time
@@ -46,13 +58,14 @@ def svc(path, service="web", agent=AGENT_ID):
 
 
 class Setup:
-    def __init__(self, env, route_timeout=1, connections=2):
+    def __init__(self, env, route_timeout=1, connections=2, http="http",
+                 **kasd_opts):
         self.env = env
         _, token_file, tokens = env.agent_credentials()
         self.up, self.up_port = env.start_http_upstream()
         self.down_port = harness.free_port()  # nothing listens there
         self.kas = env.start_kasd(tokens, route_timeout=route_timeout,
-                                  http="http")
+                                  http=http, **kasd_opts)
         self.agent = env.start_agentd(
             self.kas, token_file,
             {"web": "http://127.0.0.1:%d" % self.up_port,
@@ -68,11 +81,13 @@ class Setup:
         h.update(headers or {})
         return harness.http_request(self.kas, method, path, h, body)
 
-    def curl(self, args, stdin=None, timeout=None):
+    def curl(self, args, stdin=None):
         """Starts curl against the gateway with the token; returns its
         Proc (stdout in a file)."""
         argv = ["curl", "-sS", "--fail-with-body", "-H",
                 "Authorization: Bearer " + self.token] + args
+        if self.kas.ca_file:
+            argv[1:1] = ["--cacert", self.kas.ca_file]
         p = self.env.spawn("curl", argv, "client", stdin=stdin)
         return p
 
@@ -411,6 +426,147 @@ def test_download(env):
     s.kas.proc.stop()
 
 
+def test_https(env):
+    s = Setup(env, http="https")
+    conn = harness.http_connection(s.kas)
+    pat = Pattern(UP_SEED)
+    for i in range(20):
+        n = (i * 104729) % 300000
+        r = harness.http_do(conn, "GET", svc("/bytes?n=%d" % n), s.auth)
+        check(r.status == 200 and r.body == pat.make(0, n),
+              "https request %d: %r" % (i, r))
+    conn.close()
+    r = s.get(svc("/headers"))
+    proto = [v for k, v in r.json()["headers"]
+             if k.lower() == "x-forwarded-proto"]
+    check(proto == ["https"], "X-Forwarded-Proto over https: %r" % proto)
+    log("20 requests on one TLS connection; X-Forwarded-Proto https")
+    download(s, svc("/bytes?n=%d" % (256 * MiB)), 256 * MiB, "256m.bin")
+    s.agent.stop()
+    s.kas.proc.stop()
+
+
+def test_concurrent(env):
+    s = Setup(env)
+    n = 8 * MiB
+    results = {}
+
+    def one(i):
+        conn = harness.http_connection(s.kas, timeout=scaled(30))
+        try:
+            if i % 2 == 0:
+                r = harness.http_do(conn, "GET", svc("/bytes?n=%d&seed=%d" %
+                                                     (n, i)), s.auth)
+                ok = (r.status == 200 and
+                      r.body == Pattern(i).make(0, n))
+                results[i] = ok or "download %d: %r" % (i, r)
+            else:
+                body = Pattern(i).make(0, n)
+                r = harness.http_do(conn, "POST", svc("/upload"), s.auth,
+                                    body)
+                ok = (r.status == 200 and r.json()["sha256"] ==
+                      hashlib.sha256(body).hexdigest())
+                results[i] = ok or "upload %d: %r" % (i, r)
+        except Exception as e:
+            results[i] = "request %d: %r" % (i, e)
+        finally:
+            conn.close()
+
+    t0 = time.monotonic()
+    ths = [threading.Thread(target=one, args=(i,), daemon=True)
+           for i in range(16)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join(scaled(60))
+    bad = [v for k, v in sorted(results.items()) if v is not True]
+    check(len(results) == 16, "only %d of 16 requests finished" %
+          len(results))
+    check(not bad, "; ".join(bad))
+    log("16 concurrent 8 MiB transfers (8 down, 8 up) byte-exact in %.2f s",
+        time.monotonic() - t0)
+    s.agent.stop()
+    s.kas.proc.stop()
+
+
+def wait_eof(sock, timeout):
+    """Seconds until the peer closes sock (reading and dropping what
+    arrives), or None after timeout."""
+    t0 = time.monotonic()
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except socket.timeout:
+        return None
+    except OSError:
+        pass
+    return time.monotonic() - t0
+
+
+def test_timeouts(env):
+    s = Setup(env, http_request_timeout=1, http_idle_timeout=1)
+
+    # A request head that trickles in never completes: cut after ~1 s.
+    sk = harness.connect(s.kas.http_port)
+    t0 = time.monotonic()
+    sk.sendall(b"GET " + svc("/headers").encode() + b" HTTP/1.1\r\nX-A: ")
+    closed = None
+    while time.monotonic() - t0 < scaled(5):
+        r, _, _ = select.select([sk], [], [], 0.2)  # the trickle's pace
+        if r:
+            closed = wait_eof(sk, scaled(2)) is not None
+            break
+        try:
+            sk.sendall(b"a")
+        except OSError:
+            closed = True
+            break
+    dt = time.monotonic() - t0
+    sk.close()
+    check(closed, "a head trickled for %.1f s was not cut (request "
+          "timeout 1 s)" % dt)
+    check(0.9 <= dt <= scaled(3), "trickled head cut after %.2f s, want "
+          "~1 s" % dt)
+    log("trickled request head cut after %.2f s", dt)
+
+    # An idle keep-alive connection is closed after ~1 s.
+    sk = harness.connect(s.kas.http_port)
+    sk.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s"
+                "\r\n\r\n" % (svc("/bytes?n=3"), s.token)).encode())
+    r = harness.read_responses(sk, 1)[0]
+    check(r.status == 200 and len(r.body) == 3, "idle case: %r" % r)
+    dt = wait_eof(sk, scaled(5))
+    sk.close()
+    check(dt is not None, "an idle keep-alive connection stayed open %.0f "
+          "s (idle timeout 1 s)" % scaled(5))
+    check(0.8 <= dt <= scaled(3), "idle connection closed after %.2f s, "
+          "want ~1 s" % dt)
+    log("idle keep-alive connection closed after %.2f s", dt)
+
+    # A response streaming for 3 s and a body trickling for 2.5 s are
+    # not idle.
+    r = s.get(svc("/slow?hold=3"))
+    check(r.status == 200 and r.body == b"first\nlast\n" and
+          r.seconds >= 2.9, "/slow?hold=3 with idle timeout 1: %r after "
+          "%.2f s" % (r, r.seconds))
+    sk = harness.connect(s.kas.http_port)
+    sk.sendall(("POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s"
+                "\r\nContent-Length: 10\r\n\r\n" %
+                (svc("/upload"), s.token)).encode())
+    for i in range(10):
+        time.sleep(0.25)  # the trickle's pace, not a synchronisation
+        sk.sendall(b"z")
+    r = harness.read_responses(sk, 1, "POST")[0]
+    sk.close()
+    check(r.status == 200 and r.json()["length"] == 10,
+          "body trickled for 2.5 s: %r" % r)
+    log("a 3 s streaming response and a 2.5 s trickled body pass")
+    s.kas.proc.wait_log(r"event=http_timeout ", 2, scaled(5))
+    s.agent.stop()
+    s.kas.proc.stop()
+
+
 def read_head(sock, timeout):
     """Reads a response head from a raw socket; returns (status, rest of
     the bytes read after the head)."""
@@ -492,5 +648,8 @@ def test_disconnect(env):
 if __name__ == "__main__":
     harness.require_program("curl", "for the transfers (apt-get install "
                             "curl)")
+    harness.require_program("openssl", "to make test certificates "
+                            "(apt-get install openssl)")
     harness.run([test_errors, test_keepalive, test_upload, test_download,
-                 test_disconnect], bound=90)
+                 test_https, test_concurrent, test_timeouts, test_disconnect],
+                bound=90)

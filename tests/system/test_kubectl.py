@@ -274,5 +274,7 @@ def run_kubectl(env, s):
 if __name__ == "__main__":
     harness.require_program("kubectl", "(kubectl 1.32 is not a Debian "
                             "package; install it to run this test)")
+    harness.require_program("openssl", "to make test certificates "
+                            "(apt-get install openssl)")
     harness.require_program("curl", "(apt-get install curl)")
     harness.run([test_kubectl], bound=90)

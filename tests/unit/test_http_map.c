@@ -1,6 +1,7 @@
 /* Unit tests: metadata lists, hop-by-hop fields and HTTP/1.1 head writing
  * (lib/http/http_map.c). */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,6 +9,42 @@
 
 #include "http/http_map.h"
 #include "pair.h"
+
+/* ---------------------------------------------------- allocation failures */
+
+/* The executable is linked with --wrap=malloc, calloc and realloc
+ * (tests/unit/meson.build), so every allocation of the statically linked
+ * library passes here. fail_in > 0: the fail_in-th allocation from now
+ * returns NULL, once; fail_hits counts those failures. */
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t m);
+void *__real_realloc(void *p, size_t n);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t n, size_t m);
+void *__wrap_realloc(void *p, size_t n);
+
+static long fail_in;
+static long fail_hits;
+
+static int alloc_fails(void) {
+  if (fail_in > 0 && --fail_in == 0) {
+    fail_hits++;
+    return 1;
+  }
+  return 0;
+}
+
+void *__wrap_malloc(size_t n) {
+  return alloc_fails() ? NULL : __real_malloc(n);
+}
+
+void *__wrap_calloc(size_t n, size_t m) {
+  return alloc_fails() ? NULL : __real_calloc(n, m);
+}
+
+void *__wrap_realloc(void *p, size_t n) {
+  return alloc_fails() ? NULL : __real_realloc(p, n);
+}
 
 static kr_md md(const char *name, const char *value) {
   kr_md m = {(const uint8_t *)name, strlen(name), (const uint8_t *)value,
@@ -91,6 +128,105 @@ START_TEST(mdlist_limits) {
   ck_assert_uint_eq(l.n, 0);
   free(v);
   kr__mdlist_free(&l);
+}
+END_TEST
+
+/* Every allocation of a growing list fails once in turn: the failing add
+ * reports KR_ENOMEM and leaves the list as it was; later adds work and
+ * every entry keeps its bytes. (No Check assertion runs while failures
+ * are armed: Check allocates on every assertion.) */
+START_TEST(mdlist_enomem) {
+  char value[1000];
+  enum { N = 100 };
+  for (long k = 1;; k++) {
+    kr__mdlist l;
+    kr__mdlist_init(&l);
+    int rcs[N];
+    size_t n_before[N], n_after[N], bytes_before[N], bytes_after[N];
+    fail_hits = 0;
+    fail_in = k;
+    for (int i = 0; i < N; i++) {
+      char name[16];
+      snprintf(name, sizeof(name), "n%d", i);
+      memset(value, 'a' + i % 26, sizeof(value));
+      n_before[i] = l.n;
+      bytes_before[i] = l.bytes;
+      rcs[i] = kr__mdlist_add(&l, name, strlen(name), value, sizeof(value));
+      n_after[i] = l.n;
+      bytes_after[i] = l.bytes;
+    }
+    fail_in = 0;
+    int added[N], n_added = 0, nomem = 0;
+    for (int i = 0; i < N; i++) {
+      if (rcs[i] == 0) {
+        ck_assert_uint_eq(n_after[i], n_before[i] + 1);
+        added[n_added++] = i;
+        continue;
+      }
+      ck_assert_uint_eq(n_after[i], n_before[i]);
+      ck_assert_uint_eq(bytes_after[i], bytes_before[i]);
+      if (rcs[i] == KR_ENOMEM)
+        nomem++;
+      else
+        ck_assert_int_eq(rcs[i], KR_ETOOBIG);
+    }
+    ck_assert_int_eq(nomem, (int)fail_hits);
+    ck_assert_uint_eq(l.n, (size_t)n_added);
+    for (int j = 0; j < n_added; j++) {
+      char name[16];
+      snprintf(name, sizeof(name), "n%d", added[j]);
+      ck_assert_str_eq((const char *)l.md[j].name, name);
+      ck_assert_uint_eq(l.md[j].value_len, sizeof(value));
+      memset(value, 'a' + added[j] % 26, sizeof(value));
+      ck_assert(memcmp(l.md[j].value, value, sizeof(value)) == 0);
+    }
+    kr__mdlist_free(&l);
+    if (fail_hits == 0)
+      break; /* k is past the last allocation: all were covered */
+  }
+}
+END_TEST
+
+/* Head writers and copy_fields under allocation failure: KR_ENOMEM, the
+ * buffer cut back to where the head began, never a crash or a leak. */
+START_TEST(writers_enomem) {
+  kr_md f[40];
+  char vals[40][64];
+  for (int i = 0; i < 40; i++) {
+    snprintf(vals[i], sizeof(vals[i]), "value-%d-%040d", i, i);
+    f[i] = md("x-field", vals[i]);
+  }
+  kr__http_head h;
+  memset(&h, 0, sizeof(h));
+  h.fields = f;
+  h.n_fields = 40;
+  for (long k = 1;; k++) {
+    kr__strbuf b;
+    kr__strbuf_init(&b);
+    fail_hits = 0;
+    fail_in = k;
+    int rc1 = kr__http_write_request_head(&b, "GET", "/x", 2, f, 40, NULL, 0);
+    int rc2 = kr__http_write_response_head(&b, 200, f, 40, NULL, 0);
+    kr__mdlist l;
+    kr__mdlist_init(&l);
+    int rc3 = kr__http_copy_fields(&l, &h, NULL, NULL);
+    fail_in = 0;
+    ck_assert(rc1 == 0 || rc1 == KR_ENOMEM);
+    ck_assert(rc2 == 0 || rc2 == KR_ENOMEM);
+    ck_assert(rc3 == 0 || rc3 == KR_ENOMEM);
+    if (rc1 == KR_ENOMEM || rc2 == KR_ENOMEM)
+      ck_assert_int_eq(b.failed, 1);
+    if (rc1 == 0 && rc2 == 0) {
+      ck_assert_int_eq(b.failed, 0);
+      ck_assert(memcmp(b.p, "GET /x HTTP/1.1\r\nx-field: value-0-", 34) == 0);
+    }
+    if (rc3 == 0)
+      ck_assert_uint_eq(l.n, 40);
+    kr__mdlist_free(&l);
+    kr__strbuf_free(&b);
+    if (fail_hits == 0)
+      break;
+  }
 }
 END_TEST
 
@@ -406,6 +542,8 @@ int main(void) {
   Suite *s = suite_create("http_map");
   KT_ADD(s, mdlist_add_find_free, 10);
   KT_ADD(s, mdlist_limits, 10);
+  KT_ADD(s, mdlist_enomem, 30);
+  KT_ADD(s, writers_enomem, 30);
   KT_ADD(s, hop_by_hop_fields, 10);
   KT_ADD(s, copy_fields, 10);
   KT_ADD(s, write_request_head_exact, 10);

@@ -13,6 +13,42 @@
 #include "http/http_parse.h"
 #include "pair.h"
 
+/* ---------------------------------------------------- allocation failures */
+
+/* The executable is linked with --wrap=malloc, calloc and realloc
+ * (tests/unit/meson.build), so every allocation of the statically linked
+ * library passes here. fail_in > 0: the fail_in-th allocation from now
+ * returns NULL, once; fail_hits counts those failures. */
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t m);
+void *__real_realloc(void *p, size_t n);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t n, size_t m);
+void *__wrap_realloc(void *p, size_t n);
+
+static long fail_in;
+static long fail_hits;
+
+static int alloc_fails(void) {
+  if (fail_in > 0 && --fail_in == 0) {
+    fail_hits++;
+    return 1;
+  }
+  return 0;
+}
+
+void *__wrap_malloc(size_t n) {
+  return alloc_fails() ? NULL : __real_malloc(n);
+}
+
+void *__wrap_calloc(size_t n, size_t m) {
+  return alloc_fails() ? NULL : __real_calloc(n, m);
+}
+
+void *__wrap_realloc(void *p, size_t n) {
+  return alloc_fails() ? NULL : __real_realloc(p, n);
+}
+
 /* ------------------------------------------------------------- recorder */
 
 #define MAX_MSGS 8
@@ -1171,6 +1207,93 @@ START_TEST(callback_errors) {
 }
 END_TEST
 
+/* Callbacks without Check assertions, for the allocation failure test
+ * (Check allocates on every assertion). */
+typedef struct nm_rec {
+  kr__http_parser *p;
+  int heads, ends, fields0;
+  size_t body;
+  char target1[16];
+} nm_rec;
+
+static int nm_head(const kr__http_head *h, void *ud) {
+  nm_rec *r = ud;
+  if (r->heads == 0)
+    r->fields0 = (int)h->n_fields;
+  else
+    snprintf(r->target1, sizeof(r->target1), "%s", h->target);
+  r->heads++;
+  return 0;
+}
+
+static int nm_body(const uint8_t *p, size_t n, void *ud) {
+  (void)p;
+  ((nm_rec *)ud)->body += n;
+  return 0;
+}
+
+static int nm_end(void *ud) {
+  nm_rec *r = ud;
+  r->ends++;
+  kr__http_parser_resume(r->p);
+  return 0;
+}
+
+/* Each allocation of a parser's life fails once in turn (the parser, the
+ * arena and the field tables as they grow): new() or feed() returns
+ * KR_ENOMEM with the reason "out of memory", or everything parses as
+ * without the failure. Nothing leaks (ASan / valgrind). */
+START_TEST(parse_enomem) {
+  static const kr__http_parser_cbs nm_cbs = {nm_head, nm_body, nm_end};
+  char m[4096];
+  int n = snprintf(m, sizeof(m), "POST /first HTTP/1.1\r\nHost: h\r\n");
+  for (int i = 0; i < 40; i++)
+    n += snprintf(m + n, sizeof(m) - (size_t)n, "X-F%d: %0*d\r\n", i,
+                  20 + i * 2, i);
+  n += snprintf(m + n, sizeof(m) - (size_t)n,
+                "Content-Length: 3\r\n\r\nabc"
+                "GET /second HTTP/1.1\r\nHost: h\r\nX-Big: %0900d\r\n\r\n",
+                1);
+  ck_assert_int_lt(n, (int)sizeof(m));
+  for (long k = 1;; k++) {
+    nm_rec r;
+    memset(&r, 0, sizeof(r));
+    fail_hits = 0;
+    fail_in = k;
+    int rc = kr__http_parser_new(&r.p, 1, NULL, &nm_cbs, &r);
+    int64_t frc = 0;
+    size_t off = 0;
+    while (rc == 0 && off < (size_t)n) {
+      size_t len = (size_t)n - off < 5 ? (size_t)n - off : 5;
+      frc = kr__http_parser_feed(r.p, (const uint8_t *)m + off, len);
+      if (frc < 0)
+        break;
+      off += (size_t)frc;
+    }
+    fail_in = 0;
+    if (rc != 0) {
+      ck_assert_int_eq(rc, KR_ENOMEM);
+      ck_assert_int_eq(fail_hits, 1);
+      continue;
+    }
+    if (fail_hits > 0) {
+      ck_assert_int_eq(frc, KR_ENOMEM);
+      ck_assert_str_eq(kr__http_parser_error(r.p), "out of memory");
+    } else {
+      ck_assert_int_ge(frc, 0);
+      ck_assert_uint_eq(off, (size_t)n);
+      ck_assert_int_eq(r.ends, 2);
+      ck_assert_int_eq(r.fields0, 42);
+      ck_assert_uint_eq(r.body, 3);
+      ck_assert_str_eq(r.target1, "/second");
+    }
+    kr__http_parser_free(r.p);
+    if (fail_hits == 0)
+      break;
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("http_parse");
   KT_ADD(s, req_get_no_body, 10);
@@ -1196,5 +1319,6 @@ int main(void) {
   KT_ADD(s, accepted_edge_cases, 10);
   KT_ADD(s, body_pause_resume, 10);
   KT_ADD(s, callback_errors, 10);
+  KT_ADD(s, parse_enomem, 30);
   return kt_run_suite(s);
 }

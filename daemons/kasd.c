@@ -32,6 +32,20 @@ static const char usage[] =
     "  --user-tokens FILE        user tokens for \"Bearer pat:AGENT:TOKEN\" on\n"
     "                            /k8s-proxy/: lines \"SHA256_HEX AGENTS USER\n"
     "                            [GROUPS]\" (re-read on SIGHUP)\n"
+    "  --redis URL               Redis for presence across kas instances:\n"
+    "                            redis://[:PASSWORD@]HOST:PORT[/DB]; without\n"
+    "                            it kas runs alone (in-memory presence)\n"
+    "  --redis-sentinel LIST     Redis through Sentinel: HOST:PORT,HOST:PORT\n"
+    "  --redis-master NAME       the Sentinel master's name\n"
+    "  --redis-password-file FILE  Redis password (not on the command line)\n"
+    "  --redis-prefix PREFIX     key prefix (kas:)\n"
+    "  --private-listen URL      where other kas instances connect: tcp:// or\n"
+    "                            tls://HOST:PORT (repeatable)\n"
+    "  --private-url URL         how other instances reach this one (published\n"
+    "                            in Redis; also the default --name)\n"
+    "  --private-secret-file FILE  secret (>= 32 bytes) shared by the instances\n"
+    "                            for their links (separate from the API secret)\n"
+    "  --private-ca-file FILE    CA bundle for tls:// peer links\n"
     "  --http-request-timeout SECONDS  time to receive a request head (30)\n"
     "  --http-idle-timeout SECONDS     keep-alive idle time (60)\n"
     "  --agent-tokens FILE       agent token file: lines \"AGENT_ID SHA256_HEX NAME\"\n"
@@ -61,6 +75,15 @@ enum {
   OPT_USER_TOKENS,
   OPT_HTTP_REQUEST_TIMEOUT,
   OPT_HTTP_IDLE_TIMEOUT,
+  OPT_REDIS,
+  OPT_REDIS_SENTINEL,
+  OPT_REDIS_MASTER,
+  OPT_REDIS_PASSWORD,
+  OPT_REDIS_PREFIX,
+  OPT_PRIVATE_LISTEN,
+  OPT_PRIVATE_URL,
+  OPT_PRIVATE_SECRET,
+  OPT_PRIVATE_CA,
   OPT_TOKENS,
   OPT_SECRET,
   OPT_CERT,
@@ -83,6 +106,15 @@ static const struct option opts[] = {
     {"user-tokens", required_argument, NULL, OPT_USER_TOKENS},
     {"http-request-timeout", required_argument, NULL, OPT_HTTP_REQUEST_TIMEOUT},
     {"http-idle-timeout", required_argument, NULL, OPT_HTTP_IDLE_TIMEOUT},
+    {"redis", required_argument, NULL, OPT_REDIS},
+    {"redis-sentinel", required_argument, NULL, OPT_REDIS_SENTINEL},
+    {"redis-master", required_argument, NULL, OPT_REDIS_MASTER},
+    {"redis-password-file", required_argument, NULL, OPT_REDIS_PASSWORD},
+    {"redis-prefix", required_argument, NULL, OPT_REDIS_PREFIX},
+    {"private-listen", required_argument, NULL, OPT_PRIVATE_LISTEN},
+    {"private-url", required_argument, NULL, OPT_PRIVATE_URL},
+    {"private-secret-file", required_argument, NULL, OPT_PRIVATE_SECRET},
+    {"private-ca-file", required_argument, NULL, OPT_PRIVATE_CA},
     {"agent-tokens", required_argument, NULL, OPT_TOKENS},
     {"api-secret-file", required_argument, NULL, OPT_SECRET},
     {"tls-cert", required_argument, NULL, OPT_CERT},
@@ -148,6 +180,8 @@ int main(int argc, char **argv) {
   if (kr_kas_options_new(&o) < 0)
     return die("out of memory%s%s", "", "");
   const char *cert = NULL, *key = NULL, *secret_file = NULL;
+  const char *sentinels = NULL, *master = NULL, *redis_pw_file = NULL,
+             *private_secret_file = NULL;
   int64_t grace = 30000000, keepalive = -1, v;
   int64_t http_head = 30000000, http_idle = 60000000;
   int rc = 0, c;
@@ -167,6 +201,41 @@ int main(int argc, char **argv) {
       break;
     case OPT_USER_TOKENS:
       if (kr_kas_options_set_user_tokens_file(o, optarg) < 0)
+        rc = die("path too long: %s%s", optarg, "");
+      break;
+    case OPT_REDIS:
+      if (kr_kas_options_set_redis(o, optarg) < 0)
+        rc = die("invalid Redis URL (use redis://[:PASSWORD@]HOST:PORT[/DB])"
+                 "%s%s", "", "");
+      break;
+    case OPT_REDIS_SENTINEL:
+      sentinels = optarg;
+      break;
+    case OPT_REDIS_MASTER:
+      master = optarg;
+      break;
+    case OPT_REDIS_PASSWORD:
+      redis_pw_file = optarg;
+      break;
+    case OPT_REDIS_PREFIX:
+      if (kr_kas_options_set_redis_prefix(o, optarg) < 0)
+        rc = die("invalid Redis key prefix \"%s\"%s", optarg, "");
+      break;
+    case OPT_PRIVATE_LISTEN:
+      if (kr_kas_options_add_private_listen(o, optarg) < 0)
+        rc = die("invalid private listen URL \"%s\" (use tcp:// or "
+                 "tls://HOST:PORT)%s", optarg, "");
+      break;
+    case OPT_PRIVATE_URL:
+      if (kr_kas_options_set_private_url(o, optarg) < 0)
+        rc = die("invalid private URL \"%s\" (use tcp:// or "
+                 "tls://HOST:PORT)%s", optarg, "");
+      break;
+    case OPT_PRIVATE_SECRET:
+      private_secret_file = optarg;
+      break;
+    case OPT_PRIVATE_CA:
+      if (kr_kas_options_set_private_ca_file(o, optarg) < 0)
         rc = die("path too long: %s%s", optarg, "");
       break;
     case OPT_TOKENS:
@@ -251,6 +320,32 @@ int main(int argc, char **argv) {
       rc = die("%s: the API secret must be 32 to 256 bytes%s", secret_file, "");
     kr_cli_free_secret(secret, n > 0 ? (size_t)n : 0);
   }
+  if (rc == 0 && (sentinels || master)) {
+    if (!sentinels || !master ||
+        kr_kas_options_set_redis_sentinel(o, sentinels, master) < 0)
+      rc = die("--redis-sentinel and --redis-master go together%s%s", "", "");
+  }
+  if (rc == 0 && redis_pw_file) {
+    char *pw = NULL;
+    long n = kr_cli_read_secret(redis_pw_file, 500, &pw, err, sizeof(err));
+    if (n < 0)
+      rc = die("%s%s", err, "");
+    else if (kr_kas_options_set_redis_password(o, pw) < 0)
+      rc = die("%s: password too long%s", redis_pw_file, "");
+    kr_cli_free_secret(pw, n > 0 ? (size_t)n : 0);
+  }
+  if (rc == 0 && private_secret_file) {
+    char *secret = NULL;
+    long n = kr_cli_read_secret(private_secret_file, 4096, &secret, err,
+                                sizeof(err));
+    if (n < 0)
+      rc = die("%s%s", err, "");
+    else if (kr_kas_options_set_private_secret(o, (const uint8_t *)secret,
+                                               (size_t)n) < 0)
+      rc = die("%s: the private secret must be 32 to 256 bytes%s",
+               private_secret_file, "");
+    kr_cli_free_secret(secret, n > 0 ? (size_t)n : 0);
+  }
   kr_cli_free_args(ac, av);
   if (rc != 0) {
     kr_kas_options_free(o);
@@ -284,6 +379,8 @@ int main(int argc, char **argv) {
          api_port > 0 ? api_port : 0);
   if (kr_kas_http_port(d.kas, 0) > 0)
     printf(" http_port=%d", kr_kas_http_port(d.kas, 0));
+  if (kr_kas_private_port(d.kas, 0) > 0)
+    printf(" private_port=%d", kr_kas_private_port(d.kas, 0));
   printf("\n");
   fflush(stdout);
   event_base_dispatch(d.base);

@@ -54,6 +54,40 @@ KR_API int kr_kas_options_set_http_timeouts(kr_kas_options *o,
  * (default 128, at most 256). KR_EINVAL out of range. */
 KR_API int kr_kas_options_set_http_limits(kr_kas_options *o, size_t max_head,
                                           size_t max_fields);
+/* Several kas instances (docs/PRESENCE.md). With Redis configured, each
+ * instance records which agents it holds, learns at once when an agent
+ * connects anywhere, and routes a stream for an agent it does not hold to
+ * an instance that does, over a peer link. Without Redis, kas runs alone
+ * with in-memory presence.
+ *
+ * Redis: redis://[:password@]host:port[/db] (KR_EADDR otherwise). */
+KR_API int kr_kas_options_set_redis(kr_kas_options *o, const char *url);
+/* Redis through Sentinel: "host:port,host:port" and the master's name;
+ * kas follows failovers by itself. KR_EINVAL for empty or long values. */
+KR_API int kr_kas_options_set_redis_sentinel(kr_kas_options *o,
+                                             const char *sentinels,
+                                             const char *master);
+/* Password for Redis (with Sentinel, the master's). Copied. */
+KR_API int kr_kas_options_set_redis_password(kr_kas_options *o,
+                                             const char *password);
+/* Key prefix in Redis (default "kas:"). */
+KR_API int kr_kas_options_set_redis_prefix(kr_kas_options *o,
+                                           const char *prefix);
+/* Where other kas instances connect (tcp:// or tls://); repeatable. */
+KR_API int kr_kas_options_add_private_listen(kr_kas_options *o,
+                                             const char *url);
+/* The URL other instances use to reach this one (tcp:// or tls://),
+ * published in Redis; also the default instance name. Required with
+ * Redis. */
+KR_API int kr_kas_options_set_private_url(kr_kas_options *o, const char *url);
+/* Secret shared by the instances (>= 32 bytes) for the JWTs of peer
+ * links (audience "kas-private"); separate from the API secret. Required
+ * with Redis. */
+KR_API int kr_kas_options_set_private_secret(kr_kas_options *o,
+                                             const uint8_t *secret, size_t len);
+/* CA bundle to verify tls:// peers (default: the system store). */
+KR_API int kr_kas_options_set_private_ca_file(kr_kas_options *o,
+                                              const char *path);
 /* Certificate chain and key (PEM files) for tls://, wss:// and https:// listeners.
  * Copied. */
 KR_API int kr_kas_options_set_tls(kr_kas_options *o, const char *cert_file,
@@ -94,6 +128,7 @@ KR_API void kr_kas_free(kr_kas *k);
 KR_API int kr_kas_agent_port(const kr_kas *k, size_t i);
 KR_API int kr_kas_api_port(const kr_kas *k, size_t i);
 KR_API int kr_kas_http_port(const kr_kas *k, size_t i);
+KR_API int kr_kas_private_port(const kr_kas *k, size_t i);
 
 /* Re-reads the agent token file and the user-token file; on error the old table stays in force and the
  * reason is in err. Connected agents are not re-checked. */
@@ -117,6 +152,11 @@ typedef enum kr_kas_stat {
   KR_KAS_STAT_THROTTLED,             /* connections refused unread because
                                         their address kept failing auth */
   KR_KAS_STAT_HTTP_REQUESTS,         /* requests received by the gateway */
+  KR_KAS_STAT_ROUTED_LOCAL,          /* streams routed to a tunnel here */
+  KR_KAS_STAT_ROUTED_PEER,           /* streams routed through another kas */
+  KR_KAS_STAT_ROUTE_RETRIES,         /* peer candidates that failed and were
+                                        followed by the next one */
+  KR_KAS_STAT_HOP_STREAMS,           /* streams other kas routed here */
   KR_KAS_STAT_COUNT
 } kr_kas_stat;
 

@@ -13,6 +13,7 @@
 #define KR__LISTEN_AGENT 1
 #define KR__LISTEN_API 2
 #define KR__LISTEN_HTTP 3
+#define KR__LISTEN_PRIVATE 4 /* other kas instances */
 
 typedef struct kr__listener kr__listener;
 

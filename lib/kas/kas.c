@@ -20,7 +20,9 @@
 #include "io/log.h"
 #include "io/transport_ws.h"
 #include "io/url.h"
+#include "kas/cluster.h"
 #include "kas/gateway.h"
+#include "kas/peer.h"
 #include "kas/relay.h"
 #include "kas/route.h"
 #include "kas/kas_internal.h"
@@ -35,6 +37,8 @@ int kr_kas_options_new(kr_kas_options **out) {
   o->keepalive_interval = 15 * 1000000ull;
   o->keepalive_timeout = 45 * 1000000ull;
   o->handshake_timeout = 10 * 1000000ull;
+  o->hop_wait = 2 * 1000000ull;
+  snprintf(o->redis_prefix, sizeof(o->redis_prefix), "kas:");
   o->http_request_timeout = 30 * 1000000ull;
   o->http_idle_timeout = 60 * 1000000ull;
   o->http_limits.max_head = KR__HTTP_DEFAULT_MAX_HEAD;
@@ -46,6 +50,13 @@ int kr_kas_options_new(kr_kas_options **out) {
 
 void kr_kas_options_free(kr_kas_options *o) { free(o); }
 
+static int copy_path(char *dst, size_t size, const char *src) {
+  if (!src || strlen(src) >= size)
+    return KR_EINVAL;
+  snprintf(dst, size, "%s", src);
+  return 0;
+}
+
 static int add_listen(kr_kas_options *o, const char *url, int kind) {
   kr__url u;
   char err[256];
@@ -53,6 +64,9 @@ static int add_listen(kr_kas_options *o, const char *url, int kind) {
     return KR_EADDR;
   int http = u.scheme == KR__SCHEME_HTTP || u.scheme == KR__SCHEME_HTTPS;
   if (http != (kind == KR__LISTEN_HTTP))
+    return KR_EADDR;
+  if (kind == KR__LISTEN_PRIVATE && u.scheme != KR__SCHEME_TCP &&
+      u.scheme != KR__SCHEME_TLS)
     return KR_EADDR;
   if (o->n_listen >= KR__KAS_MAX_LISTEN)
     return KR_ETOOBIG;
@@ -74,6 +88,67 @@ int kr_kas_options_add_http_listen(kr_kas_options *o, const char *url) {
   return add_listen(o, url, KR__LISTEN_HTTP);
 }
 
+int kr_kas_options_add_private_listen(kr_kas_options *o, const char *url) {
+  return add_listen(o, url, KR__LISTEN_PRIVATE);
+}
+
+int kr_kas_options_set_private_url(kr_kas_options *o, const char *url) {
+  kr__url u;
+  char err[64];
+  if (!url || kr__url_parse(url, &u, err, sizeof(err)) < 0 ||
+      (u.scheme != KR__SCHEME_TCP && u.scheme != KR__SCHEME_TLS) ||
+      strlen(url) >= sizeof(o->private_url))
+    return KR_EADDR;
+  snprintf(o->private_url, sizeof(o->private_url), "%s", url);
+  return 0;
+}
+
+int kr_kas_options_set_private_secret(kr_kas_options *o, const uint8_t *secret,
+                                      size_t len) {
+  if (!secret || len < 32 || len > sizeof(o->private_secret))
+    return KR_EINVAL;
+  memcpy(o->private_secret, secret, len);
+  o->private_secret_len = len;
+  return 0;
+}
+
+int kr_kas_options_set_private_ca_file(kr_kas_options *o, const char *path) {
+  return copy_path(o->private_ca_file, sizeof(o->private_ca_file), path);
+}
+
+int kr_kas_options_set_redis(kr_kas_options *o, const char *url) {
+  if (!url || strncmp(url, "redis://", 8) != 0 ||
+      strlen(url) >= sizeof(o->redis_url))
+    return KR_EADDR;
+  snprintf(o->redis_url, sizeof(o->redis_url), "%s", url);
+  return 0;
+}
+
+int kr_kas_options_set_redis_sentinel(kr_kas_options *o, const char *sentinels,
+                                      const char *master) {
+  if (!sentinels || !*sentinels || !master || !*master ||
+      strlen(sentinels) >= sizeof(o->redis_sentinels) ||
+      strlen(master) >= sizeof(o->redis_master))
+    return KR_EINVAL;
+  snprintf(o->redis_sentinels, sizeof(o->redis_sentinels), "%s", sentinels);
+  snprintf(o->redis_master, sizeof(o->redis_master), "%s", master);
+  return 0;
+}
+
+int kr_kas_options_set_redis_password(kr_kas_options *o, const char *password) {
+  if (!password || strlen(password) >= sizeof(o->redis_password))
+    return KR_EINVAL;
+  snprintf(o->redis_password, sizeof(o->redis_password), "%s", password);
+  return 0;
+}
+
+int kr_kas_options_set_redis_prefix(kr_kas_options *o, const char *prefix) {
+  if (!prefix || !*prefix || strlen(prefix) >= sizeof(o->redis_prefix))
+    return KR_EINVAL;
+  snprintf(o->redis_prefix, sizeof(o->redis_prefix), "%s", prefix);
+  return 0;
+}
+
 int kr_kas_options_set_http_timeouts(kr_kas_options *o, kr_time_us head,
                                      kr_time_us idle) {
   if (head < 1000000u || idle < 1000000u)
@@ -93,12 +168,6 @@ int kr_kas_options_set_http_limits(kr_kas_options *o, size_t max_head,
   return 0;
 }
 
-static int copy_path(char *dst, size_t size, const char *src) {
-  if (!src || strlen(src) >= size)
-    return KR_EINVAL;
-  snprintf(dst, size, "%s", src);
-  return 0;
-}
 
 int kr_kas_options_set_tls(kr_kas_options *o, const char *cert, const char *key) {
   if (copy_path(o->tls_cert, sizeof(o->tls_cert), cert) < 0 ||
@@ -200,7 +269,7 @@ static const kr_md *md_find(const kr_md *md, size_t n, const char *name) {
 static void refuse(kas_conn *kc, const char *what, const char *reason) {
   kr_kas *k = kc->k;
   k->stats[KR_KAS_STAT_AUTH_FAILURES]++;
-  kr__throttle_failure(&k->throttle[kc->kind == KR__LISTEN_API], kc->addr,
+  kr__throttle_failure(&k->throttle[kc->kind != KR__LISTEN_AGENT], kc->addr,
                        kr__now_us());
   char q[160], msg[200];
   snprintf(msg, sizeof(msg), "%s refused: %s", what, reason);
@@ -250,6 +319,8 @@ static void agent_ready(kas_conn *kc, const kr_md *md, size_t n) {
   kc->authed = 1;
   k->stats[KR_KAS_STAT_AGENT_CONNECTIONS]++;
   char q[300];
+  if (k->cluster)
+    kr__cluster_agent_changed(k->cluster, agent_id);
   kr__log(KR_LOG_INFO, "agent_connected",
           "kas=%s agent=%lld replica=%s peer=%s label=%s", k->name,
           (long long)agent_id, kc->replica, kc->peer,
@@ -273,6 +344,25 @@ static void api_ready(kas_conn *kc, const kr_md *md, size_t n) {
   refuse(kc, "API token", reason);
 }
 
+/* Another kas instance: a JWT signed with the private secret. */
+static void private_ready(kas_conn *kc, const kr_md *md, size_t n) {
+  kr_kas *k = kc->k;
+  const kr_md *tok = md_find(md, n, KR_MD_TOKEN);
+  const char *reason = "no token presented";
+  json_t *claims = NULL;
+  if (tok && k->private_secret_len &&
+      kr__jwt_verify_hs256(k->private_secret, k->private_secret_len,
+                           (const char *)tok->value, tok->value_len,
+                           KR__PEER_AUDIENCE, (int64_t)time(NULL), 30, &claims,
+                           &reason) == 0) {
+    json_decref(claims);
+    kc->authed = 1;
+    kr__log(KR_LOG_INFO, "peer_accepted", "kas=%s peer=%s", k->name, kc->peer);
+    return;
+  }
+  refuse(kc, "peer token", reason);
+}
+
 static void kc_ready(kr__conn *c, const kr_md *md, size_t n, void *ud) {
   kas_conn *kc = ud;
   if (kc->k->draining) {
@@ -281,6 +371,8 @@ static void kc_ready(kr__conn *c, const kr_md *md, size_t n, void *ud) {
   }
   if (kc->kind == KR__LISTEN_AGENT)
     agent_ready(kc, md, n);
+  else if (kc->kind == KR__LISTEN_PRIVATE)
+    private_ready(kc, md, n);
   else
     api_ready(kc, md, n);
 }
@@ -288,7 +380,7 @@ static void kc_ready(kr__conn *c, const kr_md *md, size_t n, void *ud) {
 static void kc_stream(kr__conn *c, kr_stream *s, const kr_md *md, size_t n,
                       int fin, void *ud) {
   kas_conn *kc = ud;
-  if (kc->kind != KR__LISTEN_API) {
+  if (kc->kind == KR__LISTEN_AGENT) {
     kr_stream_reset(s, KR_CODE_REFUSED, "agents cannot open streams here");
     return;
   }
@@ -328,7 +420,7 @@ static void on_accept(kr__listener *l, kr__transport *t, int open,
     kr__gateway_accept(k, t, open, addr, !open);
     return;
   }
-  if (k->draining || kr__throttle_blocked(&k->throttle[kind == KR__LISTEN_API],
+  if (k->draining || kr__throttle_blocked(&k->throttle[kind != KR__LISTEN_AGENT],
                                          addr, kr__now_us())) {
     if (!k->draining) {
       k->stats[KR_KAS_STAT_THROTTLED]++;
@@ -357,6 +449,49 @@ static void on_accept(kr__listener *l, kr__transport *t, int open,
   if (k->conns)
     k->conns->prev = kc;
   k->conns = kc;
+}
+
+/* ---------------------------------------------------------------- cluster */
+
+static void on_presence(int64_t agent, int present, void *ud) {
+  kr_kas *k = ud;
+  if (k->cluster)
+    kr__cluster_agent_changed(k->cluster, agent);
+}
+
+static void on_wake(int64_t agent, const char *instance, const char *url,
+                    void *ud) {
+  kr_kas *k = ud;
+  if (strcmp(instance, kr__cluster_instance(k->cluster)) != 0)
+    kr__route_wake(k, agent, url);
+}
+
+static void on_resync(void *ud) { kr__route_resync(ud); }
+
+/* Joins the cluster when Redis is configured. 0 or KR_ECONFIG & co. */
+static int start_cluster(kr_kas *k, const kr_kas_options *o, char *err,
+                         size_t errlen) {
+  if (!o->redis_url[0] && !o->redis_sentinels[0])
+    return 0;
+  if (!o->private_url[0] || !o->private_secret_len) {
+    snprintf(err, errlen, "with Redis, a private URL and a private secret "
+                          "are required (peers route through them)");
+    return KR_ECONFIG;
+  }
+  kr__cluster_config cc = {0};
+  cc.url = o->redis_url[0] ? o->redis_url : NULL;
+  cc.sentinels = o->redis_sentinels[0] ? o->redis_sentinels : NULL;
+  cc.master = o->redis_master[0] ? o->redis_master : NULL;
+  cc.password = o->redis_password[0] ? o->redis_password : NULL;
+  cc.prefix = o->redis_prefix;
+  cc.instance = k->name;
+  cc.private_url = o->private_url;
+  kr__cluster_cbs cbs = {on_wake, on_resync};
+  int rc = kr__cluster_new(k->base, &cc, k->reg, &cbs, k, &k->cluster, err,
+                           errlen);
+  if (rc == 0)
+    kr__registry_set_presence_cb(k->reg, on_presence, k);
+  return rc;
 }
 
 /* ----------------------------------------------------------------- timers */
@@ -408,7 +543,13 @@ int kr_kas_new(kr_kas **out, struct event_base *base, const kr_kas_options *o,
     return KR_ENOMEM;
   k->base = base;
   k->opt = *o;
-  snprintf(k->name, sizeof(k->name), "%s", o->name);
+  /* Instances must have distinct names in a cluster: the private URL
+   * unless a name was given. */
+  snprintf(k->name, sizeof(k->name), "%.255s",
+           strcmp(o->name, "kas") == 0 && o->private_url[0] ? o->private_url
+                                                            : o->name);
+  memcpy(k->private_secret, o->private_secret, o->private_secret_len);
+  k->private_secret_len = o->private_secret_len;
   memcpy(k->api_secret, o->api_secret, o->api_secret_len);
   k->api_secret_len = o->api_secret_len;
   int rc = 0, has_api = 0, has_tls = 0;
@@ -442,6 +583,8 @@ int kr_kas_new(kr_kas **out, struct event_base *base, const kr_kas_options *o,
                   make_mux_opt(k, &k->api_mux_opt) < 0 ||
                   !(k->reg_timer = event_new(base, -1, 0, reg_timer_cb, k))))
     rc = KR_ENOMEM;
+  if (rc == 0)
+    rc = start_cluster(k, o, err, errlen);
   int hs_ms = (int)(o->handshake_timeout / 1000);
   for (size_t i = 0; rc == 0 && i < o->n_listen; i++) {
     rc = kr__listener_new(base, &o->listen[i].url, o->listen[i].kind, k->tls,
@@ -460,7 +603,8 @@ int kr_kas_new(kr_kas **out, struct event_base *base, const kr_kas_options *o,
     kr__log(KR_LOG_INFO, "listening", "kas=%s kind=%s url=%s://%s:%d", k->name,
             o->listen[i].kind == KR__LISTEN_AGENT  ? "agent"
             : o->listen[i].kind == KR__LISTEN_API ? "api"
-                                                  : "http",
+            : o->listen[i].kind == KR__LISTEN_HTTP ? "http"
+                                                   : "private",
             kr__scheme_name(o->listen[i].url.scheme), o->listen[i].url.host,
             kr__listener_port(k->listeners[i]));
   *out = k;
@@ -480,6 +624,9 @@ void kr_kas_free(kr_kas *k) {
   kr__gateway_free_all(k);
   kr__relay_free_all(k);
   kr__route_free_all(k);
+  kr__peers_free_all(k);
+  kr__cluster_free(k->cluster);
+  k->cluster = NULL;
   while (k->conns) {
     kas_conn *kc = k->conns;
     kconn_unlink(k, kc);
@@ -502,6 +649,7 @@ void kr_kas_free(kr_kas *k) {
   kr__throttle_clear(&k->throttle[0]);
   kr__throttle_clear(&k->throttle[1]);
   memset(k->api_secret, 0, sizeof(k->api_secret));
+  memset(k->private_secret, 0, sizeof(k->private_secret));
   free(k);
 }
 
@@ -522,6 +670,10 @@ int kr_kas_api_port(const kr_kas *k, size_t i) {
 
 int kr_kas_http_port(const kr_kas *k, size_t i) {
   return nth_port(k, i, KR__LISTEN_HTTP);
+}
+
+int kr_kas_private_port(const kr_kas *k, size_t i) {
+  return nth_port(k, i, KR__LISTEN_PRIVATE);
 }
 
 int kr_kas_reload_tokens(kr_kas *k, char *err, size_t errlen) {
@@ -551,6 +703,7 @@ int kr_kas_reload_tokens(kr_kas *k, char *err, size_t errlen) {
     kr__user_token_table_free(k->user_tokens);
     k->user_tokens = ut;
   }
+  k->user_tokens_gen++;
   kr__log(KR_LOG_INFO, "tokens_reloaded", "kas=%s", k->name);
   return 0;
 }
@@ -563,8 +716,12 @@ static void drain_done_cb(evutil_socket_t fd, short what, void *arg) {
     kr__log(KR_LOG_WARN, "drain_timeout", "kas=%s", k->name);
     for (kas_conn *kc = k->conns; kc; kc = kc->next)
       kr__conn_abort(kc->conn, KR_CODE_SHUTDOWN, "kas shut down");
+    /* Connections that close later come back through maybe_drained. */
+    kr__kas_maybe_drained(k);
     return;
   }
+  if (k->cluster_leaving)
+    return; /* cluster_left() comes back here */
   kr_kas_drained_cb done = k->drained;
   k->drained = NULL;
   if (done)
@@ -572,8 +729,16 @@ static void drain_done_cb(evutil_socket_t fd, short what, void *arg) {
 }
 
 void kr__kas_maybe_drained(kr_kas *k) {
-  if (k->draining && !k->conns && !k->gw_conns && !k->freeing)
+  if (k->draining && !k->conns && !k->gw_conns && !k->cluster_leaving &&
+      !k->freeing)
     event_active(k->drain_timer, EV_TIMEOUT, 0);
+}
+
+/* This instance's presence is gone from Redis (or the attempt ended). */
+static void cluster_left(void *ud) {
+  kr_kas *k = ud;
+  k->cluster_leaving = 0;
+  kr__kas_maybe_drained(k);
 }
 
 void kr_kas_drain(kr_kas *k, kr_time_us grace, kr_kas_drained_cb done,
@@ -602,7 +767,13 @@ void kr_kas_drain(kr_kas *k, kr_time_us grace, kr_kas_drained_cb done,
     }
     kr__conn_goaway(kc->conn, KR_CODE_SHUTDOWN, "kas is shutting down");
   }
+  kr__route_drain(k);
+  kr__peers_goaway(k);
   kr__gateway_drain(k);
+  if (k->cluster) {
+    k->cluster_leaving = 1;
+    kr__cluster_shutdown(k->cluster, cluster_left, k);
+  }
   kr__kas_maybe_drained(k);
 }
 

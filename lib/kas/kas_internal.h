@@ -38,12 +38,26 @@ struct kr_kas_options {
   kr_time_us keepalive_timeout;
   kr_time_us handshake_timeout;
   char name[256];
+  /* Several instances (issue: horizontal scale). */
+  char redis_url[1024];       /* "" = single instance, in-memory presence */
+  char redis_sentinels[1024]; /* "host:port,..." */
+  char redis_master[256];
+  char redis_password[512];
+  char redis_prefix[128];
+  char private_url[512];      /* advertised to peers */
+  char private_ca_file[1024]; /* for tls:// peer links; "" = system store */
+  uint8_t private_secret[256];
+  size_t private_secret_len;
+  kr_time_us hop_wait;        /* how long a hop stream waits for a local
+                                 tunnel of its agent */
 };
 
 typedef struct kr__relay kr__relay;
 typedef struct kr__route kr__route;
 typedef struct kas_conn kas_conn;
 typedef struct gw_conn gw_conn;
+typedef struct kr__peer kr__peer;
+typedef struct kr__cluster kr__cluster;
 
 /* One accepted connection, agent tunnel or API client. */
 struct kas_conn {
@@ -70,12 +84,19 @@ struct kr_kas {
   size_t n_listeners;
   kr__token_table *tokens;
   kr__user_token_table *user_tokens; /* NULL without a file */
+  uint64_t user_tokens_gen; /* bumped on every reload (credential caches) */
   kr__registry *reg;
   struct event *reg_timer;
   kr_mux_options *agent_mux_opt;
   kr_mux_options *api_mux_opt;
   kas_conn *conns;
   gw_conn *gw_conns; /* HTTP gateway connections */
+  size_t gw_count;
+  kr__peer *peers;    /* links to other kas instances */
+  kr__cluster *cluster; /* NULL without Redis */
+  int cluster_leaving;   /* drain: presence being removed from Redis */
+  uint8_t private_secret[256];
+  size_t private_secret_len;
   kr__relay *relays; /* every live relay, for kr_kas_free() */
   kr__route *routes; /* every pending route, for kr_kas_free() */
   /* Failing addresses, one table per listener kind (agent, API), so that

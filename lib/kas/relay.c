@@ -137,14 +137,14 @@ static int md_is(const kr_md *m, const char *name) {
   return m->name_len == len && memcmp(m->name, name, len) == 0;
 }
 
-/* Copies md without ":agent" (entries only; bytes stay in md). */
+/* Copies md without ":agent" and ":hop" (entries only; bytes stay in md). */
 static kr_md *strip_agent(const kr_md *md, size_t n, size_t *out_n) {
   kr_md *out = malloc((n ? n : 1) * sizeof(kr_md));
   size_t k = 0;
   if (!out)
     return NULL;
   for (size_t i = 0; i < n; i++)
-    if (!md_is(&md[i], KR_MD_AGENT))
+    if (!md_is(&md[i], KR_MD_AGENT) && !md_is(&md[i], KR_MD_HOP))
       out[k++] = md[i];
   *out_n = k;
   return out;
@@ -207,7 +207,11 @@ void kr__relay_start(kr_kas *k, kas_conn *cc, kr_stream *s, const kr_md *md,
   kr__stream_set_handler(s, &client_handler);
   size_t md_n;
   kr_md *amd = strip_agent(md, n, &md_n);
-  if (!amd || kr__route_start(k, agent, amd, md_n, fin, &agent_handler, r,
+  /* A stream another kas routed here is served from local tunnels only. */
+  int hop = cc->kind == KR__LISTEN_PRIVATE;
+  if (hop)
+    k->stats[KR_KAS_STAT_HOP_STREAMS]++;
+  if (!amd || kr__route_start(k, agent, amd, md_n, fin, hop, &agent_handler, r,
                               routed, &r->route) < 0) {
     free(amd);
     reset_stream(&r->cs, KR_CODE_INTERNAL, "out of memory");

@@ -8,12 +8,16 @@
 
 #include "core/mux_internal.h"
 #include "io/log.h"
+#include "kas/cluster.h"
+#include "kas/peer.h"
 #include "kas/route.h"
 
 /* Tunnels tried for one stream before falling back to waiting: a tunnel
  * that refuses an OPEN (full, draining) is marked unusable and the next
  * least-loaded one is tried. */
 #define KR__ROUTE_ATTEMPTS 8
+/* Other instances tried per lookup, best first. */
+#define KR__ROUTE_MAX_CANDIDATES 8
 
 struct kr__route {
   kr_kas *k;
@@ -24,7 +28,13 @@ struct kr__route {
   const kr__stream_handler *h;
   void *ud;
   kr__route_cb cb;
-  kr__waiter *waiter;
+  int hop;               /* local tunnels only */
+  kr_time_us deadline;
+  kr__waiter *waiter;    /* waiting for a local tunnel */
+  kr__cluster_lookup_op *lookup;
+  kr__peer_open *peer_open;
+  char *cands[KR__ROUTE_MAX_CANDIDATES]; /* peer URLs still to try */
+  size_t n_cands;
   kr__route *prev, *next;
 };
 
@@ -39,10 +49,19 @@ static void unlink_route(kr__route *r) {
   r->prev = r->next = NULL;
 }
 
+static void clear_cands(kr__route *r) {
+  for (size_t i = 0; i < r->n_cands; i++)
+    free(r->cands[i]);
+  r->n_cands = 0;
+}
+
 static void route_free(kr__route *r) {
   unlink_route(r);
   if (r->waiter)
     kr__registry_cancel(r->waiter);
+  kr__cluster_lookup_cancel(r->lookup);
+  kr__peer_open_cancel(r->peer_open);
+  clear_cands(r);
   free(r->md);
   free(r);
 }
@@ -86,6 +105,7 @@ static int attach(kr__route *r, kr__tunnel *t) {
   }
   kr__stream_set_handler(s, r->h);
   r->k->stats[KR_KAS_STAT_STREAMS_ROUTED]++;
+  r->k->stats[KR_KAS_STAT_ROUTED_LOCAL]++;
   r->k->stats[KR_KAS_STAT_STREAMS_ACTIVE]++;
   update_load(ac);
   finish(r, s, ac, KR_CODE_NO_ERROR, NULL);
@@ -93,6 +113,7 @@ static int attach(kr__route *r, kr__tunnel *t) {
 }
 
 static void try_route(kr__route *r);
+static void try_peers(kr__route *r);
 
 static void waiter_cb(kr__waiter *w, kr__tunnel *t, int status, void *ud) {
   kr__route *r = ud;
@@ -103,11 +124,104 @@ static void waiter_cb(kr__waiter *w, kr__tunnel *t, int status, void *ud) {
   }
   kr_kas *k = r->k;
   k->stats[KR_KAS_STAT_ROUTE_TIMEOUTS]++;
-  char why[96];
-  snprintf(why, sizeof(why), "agent %" PRId64 " is not connected", r->agent);
-  kr__log(KR_LOG_INFO, "route_timeout", "kas=%s agent=%" PRId64, k->name,
-          r->agent);
+  char why[128];
+  snprintf(why, sizeof(why), "agent %" PRId64 " is not connected%s", r->agent,
+           r->hop ? " here" : "");
+  kr__log(KR_LOG_INFO, "route_timeout", "kas=%s agent=%" PRId64 " hop=%d",
+          k->name, r->agent, r->hop);
+  if (r->hop && k->cluster)
+    kr__cluster_not_here(k->cluster, r->agent); /* a stale entry sent it */
   finish(r, NULL, NULL, KR_CODE_UNAVAILABLE, why);
+}
+
+/* The stream opened on a peer link, or the link failed: next candidate. */
+static void peer_cb(kr_stream *s, kas_conn *pc, int err, const char *why,
+                    void *ud) {
+  kr__route *r = ud;
+  kr_kas *k = r->k;
+  r->peer_open = NULL;
+  if (s) {
+    k->stats[KR_KAS_STAT_STREAMS_ROUTED]++;
+    k->stats[KR_KAS_STAT_ROUTED_PEER]++;
+    k->stats[KR_KAS_STAT_STREAMS_ACTIVE]++;
+    finish(r, s, pc, KR_CODE_NO_ERROR, NULL);
+    return;
+  }
+  char q[300];
+  k->stats[KR_KAS_STAT_ROUTE_RETRIES]++;
+  kr__log(KR_LOG_INFO, "route_peer_failed", "kas=%s agent=%" PRId64 " why=%s",
+          k->name, r->agent, kr__log_quote(q, sizeof(q), why, strlen(why)));
+  try_peers(r);
+}
+
+/* Opens the stream through the next candidate instance, if any is left;
+ * the local wait goes on meanwhile. */
+static void try_peers(kr__route *r) {
+  kr_kas *k = r->k;
+  while (r->n_cands > 0 && !r->peer_open) {
+    char *url = r->cands[0];
+    memmove(r->cands, r->cands + 1, (r->n_cands - 1) * sizeof(char *));
+    r->n_cands--;
+    /* The request's metadata plus the target agent and the hop mark. */
+    kr_md *md = malloc((r->md_n + 2) * sizeof(kr_md));
+    char agent[24];
+    snprintf(agent, sizeof(agent), "%" PRId64, r->agent);
+    int rc = KR_ENOMEM;
+    if (md) {
+      md[0] = (kr_md){(const uint8_t *)KR_MD_AGENT, strlen(KR_MD_AGENT),
+                      (const uint8_t *)agent, strlen(agent)};
+      md[1] = (kr_md){(const uint8_t *)KR_MD_HOP, strlen(KR_MD_HOP),
+                      (const uint8_t *)"1", 1};
+      memcpy(md + 2, r->md, r->md_n * sizeof(kr_md));
+      rc = kr__peer_open_start(k, url, md, r->md_n + 2, r->fin, r->h, r->ud,
+                               peer_cb, r, &r->peer_open);
+      free(md);
+    }
+    if (rc < 0) {
+      k->stats[KR_KAS_STAT_ROUTE_RETRIES]++;
+      kr__log(KR_LOG_WARN, "route_peer_failed", "kas=%s agent=%" PRId64
+              " error=%s", k->name, r->agent, kr_err_name(rc));
+    }
+    free(url);
+  }
+}
+
+/* Adds a candidate URL (front: freshest news first), without duplicates. */
+static void add_cand(kr__route *r, const char *url, int front) {
+  for (size_t i = 0; i < r->n_cands; i++)
+    if (strcmp(r->cands[i], url) == 0)
+      return;
+  if (r->n_cands == KR__ROUTE_MAX_CANDIDATES)
+    return;
+  char *u = strdup(url);
+  if (!u)
+    return;
+  if (front) {
+    memmove(r->cands + 1, r->cands, r->n_cands * sizeof(char *));
+    r->cands[0] = u;
+  } else {
+    r->cands[r->n_cands] = u;
+  }
+  r->n_cands++;
+}
+
+static void lookup_cb(const kr__presence_candidate *c, size_t n, int err,
+                      void *ud) {
+  kr__route *r = ud;
+  r->lookup = NULL;
+  for (size_t i = 0; i < n; i++)
+    add_cand(r, c[i].url, 0);
+  try_peers(r);
+}
+
+/* Looks the agent up in the cluster (unless one is running, or a peer
+ * open is). */
+static void start_lookup(kr__route *r) {
+  kr_kas *k = r->k;
+  if (r->hop || !k->cluster || r->lookup || r->peer_open ||
+      !kr__cluster_is_up(k->cluster))
+    return;
+  kr__cluster_lookup(k->cluster, r->agent, lookup_cb, r, &r->lookup);
 }
 
 static void try_route(kr__route *r) {
@@ -119,13 +233,31 @@ static void try_route(kr__route *r) {
     if (attach(r, t) == 0)
       return;
   }
-  /* No usable tunnel now: wait for one (woken by registration). */
-  if (kr__registry_wait(k->reg, r->agent, kr__now_us() + k->opt.route_timeout,
-                        waiter_cb, r, &r->waiter) < 0) {
+  /* No usable tunnel here: ask the cluster, and wait for a local one
+   * (woken by registration) until the deadline either way. */
+  start_lookup(r);
+  if (r->waiter)
+    return;
+  if (kr__registry_wait(k->reg, r->agent, r->deadline, waiter_cb, r,
+                        &r->waiter) < 0) {
     finish(r, NULL, NULL, KR_CODE_REFUSED, "too many requests waiting");
     return;
   }
   kr__kas_schedule_expiry(k);
+}
+
+void kr__route_wake(kr_kas *k, int64_t agent, const char *url) {
+  for (kr__route *r = k->routes; r; r = r->next)
+    if (r->agent == agent && !r->hop && url && *url) {
+      add_cand(r, url, 1);
+      if (!r->peer_open)
+        try_peers(r);
+    }
+}
+
+void kr__route_resync(kr_kas *k) {
+  for (kr__route *r = k->routes; r; r = r->next)
+    start_lookup(r);
 }
 
 /* Copies md[0..n) into one allocation. */
@@ -152,7 +284,7 @@ static kr_md *copy_md(const kr_md *md, size_t n) {
 }
 
 int kr__route_start(kr_kas *k, int64_t agent, const kr_md *md, size_t n,
-                    int fin, const kr__stream_handler *h, void *ud,
+                    int fin, int hop, const kr__stream_handler *h, void *ud,
                     kr__route_cb cb, kr__route **out) {
   kr__route *r = calloc(1, sizeof(*r));
   if (!r || !(r->md = copy_md(md, n))) {
@@ -164,6 +296,11 @@ int kr__route_start(kr_kas *k, int64_t agent, const kr_md *md, size_t n,
   r->agent = agent;
   r->md_n = n;
   r->fin = fin;
+  r->hop = hop;
+  kr_time_us wait = k->opt.route_timeout;
+  if (hop && k->opt.hop_wait < wait)
+    wait = k->opt.hop_wait;
+  r->deadline = kr__now_us() + wait;
   r->h = h;
   r->ud = ud;
   r->cb = cb;
@@ -183,6 +320,11 @@ int kr__route_start(kr_kas *k, int64_t agent, const kr_md *md, size_t n,
 void kr__route_cancel(kr__route *r) {
   if (r)
     route_free(r);
+}
+
+void kr__route_drain(kr_kas *k) {
+  while (k->routes)
+    finish(k->routes, NULL, NULL, KR_CODE_SHUTDOWN, "kas is shutting down");
 }
 
 void kr__route_free_all(kr_kas *k) {

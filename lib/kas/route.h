@@ -29,19 +29,35 @@ typedef void (*kr__route_cb)(kr_stream *s, kas_conn *ac, uint32_t code,
 
 /* Routes a stream with metadata md[0..n) (copied; ":agent" is not sent to
  * the agent and should not be in md) to agent. fin: the OPEN carries FIN.
+ * hop: the stream came from another kas: only local tunnels are tried,
+ * waiting at most the hop wait (it is never forwarded again). Otherwise,
+ * with a cluster, other instances holding the agent are tried in turn
+ * (over peer links) when no local tunnel is usable, and a wake-up from
+ * any instance ends the wait at once.
  * *out is set before any callback and identifies the pending route for
  * kr__route_cancel(); the callback's firing ends it (clear your copy
  * there). Returns 0 (the callback has fired or will), or KR_ENOMEM (no
  * callback). */
 int kr__route_start(kr_kas *k, int64_t agent, const kr_md *md, size_t n,
-                    int fin, const kr__stream_handler *h, void *ud,
+                    int fin, int hop, const kr__stream_handler *h, void *ud,
                     kr__route_cb cb, kr__route **out);
+
+/* The cluster's wake-up: agent's first tunnel registered at the instance
+ * reachable at url. Waiting routes for agent try it at once. */
+void kr__route_wake(kr_kas *k, int64_t agent, const char *url);
+
+/* Wake-ups may have been missed (Redis came back): waiting routes look
+ * the agent up again. */
+void kr__route_resync(kr_kas *k);
 
 /* Abandons a pending route: no callback. NULL is a no-op. */
 void kr__route_cancel(kr__route *r);
 
 /* The caller's tunnel stream on ac ended (or the caller reset it). */
 void kr__route_done(kr_kas *k, kas_conn *ac);
+
+/* Drain: every pending route ends now with KR_CODE_SHUTDOWN. */
+void kr__route_drain(kr_kas *k);
 
 /* Frees every pending route without callbacks (kr_kas_free()). */
 void kr__route_free_all(kr_kas *k);

@@ -1,0 +1,342 @@
+/* Links to other kas instances (see peer.h). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <kasroute/error.h>
+
+#include "core/jwt.h"
+#include "core/mem_internal.h"
+#include "core/mux_internal.h"
+#include "io/dial.h"
+#include "io/log.h"
+#include "kas/peer.h"
+
+/* Opens waiting for one link to come up; more fail at once. */
+#define PEER_MAX_PENDING 4096
+/* A link without streams for two checks this far apart is closed. */
+#define PEER_IDLE_CHECK_S 30
+/* Lifetime of the JWT a link presents (only checked at its HELLO). */
+#define PEER_TOKEN_TTL_S 300
+
+typedef struct kr__peer kr__peer;
+
+struct kr__peer_open {
+  kr__peer *p;
+  kr_md *md; /* one allocation: entries, then bytes */
+  size_t n;
+  int fin;
+  const kr__stream_handler *h;
+  void *stream_ud;
+  kr__peer_open_cb cb;
+  void *ud; /* cb's */
+  kr__peer_open *prev, *next;
+};
+
+struct kr__peer {
+  kr_kas *k;
+  char url[512];
+  kr__dialer dialer;
+  int has_dialer;
+  kas_conn pc; /* what routed streams report to kr__route_done() */
+  kr__conn *conn;
+  int ready;
+  int going; /* GOAWAY either way or failed: no new streams */
+  int idle_checks;
+  size_t n_pending;
+  kr__peer_open *pending;
+  struct event *ev; /* deferred delivery of opens; idle checks */
+  kr__peer *prev, *next;
+};
+
+static void open_unlink(kr__peer_open *o) {
+  kr__peer *p = o->p;
+  if (o->prev)
+    o->prev->next = o->next;
+  else
+    p->pending = o->next;
+  if (o->next)
+    o->next->prev = o->prev;
+  o->prev = o->next = NULL;
+  p->n_pending--;
+}
+
+static void open_free(kr__peer_open *o) {
+  free(o->md);
+  free(o);
+}
+
+void kr__peer_open_cancel(kr__peer_open *o) {
+  if (!o)
+    return;
+  open_unlink(o);
+  open_free(o);
+}
+
+/* Removes the link from the kas's list (it is closed). */
+static void peer_unlink(kr__peer *p) {
+  kr_kas *k = p->k;
+  if (p->prev)
+    p->prev->next = p->next;
+  else if (k->peers == p)
+    k->peers = p->next;
+  if (p->next)
+    p->next->prev = p->prev;
+  p->prev = p->next = NULL;
+}
+
+static void peer_free(kr__peer *p) {
+  while (p->pending) {
+    kr__peer_open *o = p->pending;
+    open_unlink(o);
+    open_free(o);
+  }
+  if (p->ev)
+    event_free(p->ev);
+  kr__conn_free(p->conn);
+  if (p->has_dialer)
+    kr__dialer_free(&p->dialer); /* after the conn */
+  free(p);
+}
+
+/* Fails every waiting open (the link is gone or refused). */
+static void fail_pending(kr__peer *p, int err, const char *why) {
+  while (p->pending) {
+    kr__peer_open *o = p->pending;
+    open_unlink(o);
+    kr__peer_open_cb cb = o->cb;
+    void *ud = o->ud;
+    open_free(o);
+    cb(NULL, NULL, err, why, ud);
+  }
+}
+
+/* Opens the waiting streams on a ready link. */
+static void deliver(kr__peer *p) {
+  kr_mux *m = kr__conn_mux(p->conn);
+  while (p->pending && p->ready && !p->going) {
+    kr__peer_open *o = p->pending;
+    open_unlink(o);
+    kr_stream *s;
+    int rc = kr_stream_open(m, o->md, o->n, o->fin, o->stream_ud, &s);
+    kr__peer_open_cb cb = o->cb;
+    void *ud = o->ud;
+    const kr__stream_handler *h = o->h;
+    open_free(o);
+    if (rc < 0) {
+      cb(NULL, NULL, rc, "the link to the peer refused the stream", ud);
+      continue;
+    }
+    kr__stream_set_handler(s, h);
+    p->idle_checks = 0;
+    cb(s, &p->pc, 0, NULL, ud);
+  }
+  kr__conn_kick(p->conn);
+}
+
+static void ev_cb(evutil_socket_t fd, short what, void *arg) {
+  kr__peer *p = arg;
+  if (p->pending && p->ready) {
+    deliver(p);
+    return;
+  }
+  if (what & EV_TIMEOUT && p->ready && !p->pending) {
+    kr_mux *m = kr__conn_mux(p->conn);
+    if (kr_mux_num_streams(m) == 0 && ++p->idle_checks >= 2) {
+      p->going = 1;
+      kr__conn_goaway(p->conn, KR_CODE_NO_ERROR, "idle");
+      return;
+    }
+  }
+  struct timeval tv = {PEER_IDLE_CHECK_S, 0};
+  event_add(p->ev, &tv);
+}
+
+/* ------------------------------------------------------ conn callbacks */
+
+static void pc_ready(kr__conn *c, const kr_md *md, size_t n, void *ud) {
+  kr__peer *p = ud;
+  p->ready = 1;
+  kr__log(KR_LOG_INFO, "peer_connected", "kas=%s peer=%s", p->k->name, p->url);
+  deliver(p);
+  struct timeval tv = {PEER_IDLE_CHECK_S, 0};
+  event_add(p->ev, &tv);
+}
+
+static void pc_stream(kr__conn *c, kr_stream *s, const kr_md *md, size_t n,
+                      int fin, void *ud) {
+  kr_stream_reset(s, KR_CODE_REFUSED, "streams go the other way on this link");
+}
+
+static void pc_goaway(kr__conn *c, uint32_t code, const uint8_t *r, size_t rl,
+                      void *ud) {
+  kr__peer *p = ud;
+  p->going = 1; /* stays listed (for kr__peers_free_all) until closed */
+  char why[KR_MAX_REASON + 1];
+  snprintf(why, sizeof(why), "peer going away: %.*s", (int)rl, (const char *)r);
+  fail_pending(p, KR_EGOAWAY, why);
+}
+
+static void pc_closed(kr__conn *c, int err, const char *why, void *ud) {
+  kr__peer *p = ud;
+  char q[200];
+  kr__log(err ? KR_LOG_WARN : KR_LOG_INFO, "peer_disconnected",
+          "kas=%s peer=%s reason=%s", p->k->name, p->url,
+          kr__log_quote(q, sizeof(q), why, strlen(why)));
+  peer_unlink(p);
+  char msg[512];
+  snprintf(msg, sizeof(msg), "link to %.200s failed: %.200s", p->url, why);
+  fail_pending(p, err ? err : KR_EIO, msg);
+  peer_free(p);
+}
+
+static const kr__conn_cbs peer_conn_cbs = {pc_ready, pc_stream, pc_goaway,
+                                           pc_closed};
+
+/* Dials a new link to url. 0 or an error (nothing left behind). */
+static int peer_new(kr_kas *k, const char *url, kr__peer **out) {
+  char err[256];
+  kr__peer *p = calloc(1, sizeof(*p));
+  if (!p)
+    return KR_ENOMEM;
+  p->k = k;
+  snprintf(p->url, sizeof(p->url), "%s", url);
+  p->pc.k = k;
+  p->pc.kind = KR__LISTEN_PRIVATE;
+  snprintf(p->pc.peer, sizeof(p->pc.peer), "%s", url);
+  kr__url u;
+  int rc = kr__dial_parse_url(url, &u);
+  if (rc == 0 && u.scheme != KR__SCHEME_TCP && u.scheme != KR__SCHEME_TLS)
+    rc = KR_EADDR;
+  if (rc == 0) {
+    rc = kr__dialer_init(&p->dialer, k->base, &u,
+                         k->opt.private_ca_file[0] ? k->opt.private_ca_file
+                                                   : NULL,
+                         1, err, sizeof(err));
+    p->has_dialer = rc == 0;
+  }
+  char *tok = NULL;
+  if (rc == 0)
+    rc = kr__jwt_mint(NULL, k->private_secret, k->private_secret_len, k->name,
+                      KR__PEER_AUDIENCE, k->name, (int64_t)time(NULL),
+                      PEER_TOKEN_TTL_S, &tok);
+  kr_mux_options *mo = NULL;
+  if (rc == 0 && kr_mux_options_new(&mo) < 0)
+    rc = KR_ENOMEM;
+  if (rc == 0) {
+    kr_md hello = {(const uint8_t *)KR_MD_TOKEN, strlen(KR_MD_TOKEN),
+                   (const uint8_t *)tok, strlen(tok)};
+    kr_mux_options_set_role(mo, KR_ROLE_DIALER);
+    kr_mux_options_set_keepalive(mo, k->opt.keepalive_interval,
+                                 k->opt.keepalive_timeout);
+    kr_mux_options_set_handshake_timeout(mo, k->opt.handshake_timeout);
+    rc = kr_mux_options_add_hello(mo, &hello);
+  }
+  if (rc == 0 && !(p->ev = event_new(k->base, -1, 0, ev_cb, p)))
+    rc = KR_ENOMEM;
+  kr__transport *t = NULL;
+  if (rc == 0)
+    rc = kr__dialer_connect(&p->dialer, NULL, 0,
+                            (int)(k->opt.handshake_timeout / 1000), &t);
+  if (rc == 0)
+    rc = kr__conn_new(k->base, t, 0, mo, &peer_conn_cbs, p, &p->conn);
+  kr_mux_options_free(mo);
+  if (tok) {
+    memset(tok, 0, strlen(tok));
+    kr__free(NULL, tok);
+  }
+  if (rc < 0) {
+    peer_free(p);
+    return rc;
+  }
+  p->pc.conn = p->conn;
+  p->next = k->peers;
+  if (k->peers)
+    k->peers->prev = p;
+  k->peers = p;
+  *out = p;
+  return 0;
+}
+
+/* Copies md[0..n) into one allocation. */
+static kr_md *copy_md(const kr_md *md, size_t n) {
+  size_t bytes = n * sizeof(kr_md);
+  for (size_t i = 0; i < n; i++)
+    bytes += md[i].name_len + md[i].value_len;
+  kr_md *out = malloc(bytes ? bytes : 1);
+  if (!out)
+    return NULL;
+  uint8_t *q = (uint8_t *)(out + n);
+  for (size_t i = 0; i < n; i++) {
+    memcpy(q, md[i].name, md[i].name_len);
+    out[i].name = q;
+    out[i].name_len = md[i].name_len;
+    q += md[i].name_len;
+    if (md[i].value_len)
+      memcpy(q, md[i].value, md[i].value_len);
+    out[i].value = q;
+    out[i].value_len = md[i].value_len;
+    q += md[i].value_len;
+  }
+  return out;
+}
+
+int kr__peer_open_start(kr_kas *k, const char *url, const kr_md *md, size_t n,
+                        int fin, const kr__stream_handler *h, void *stream_ud,
+                        kr__peer_open_cb cb, void *cb_ud,
+                        kr__peer_open **out) {
+  kr__peer *p = k->peers;
+  while (p && (p->going || strcmp(p->url, url) != 0))
+    p = p->next;
+  if (!p) {
+    int rc = peer_new(k, url, &p);
+    if (rc < 0)
+      return rc;
+  }
+  if (p->n_pending >= PEER_MAX_PENDING)
+    return KR_EAGAIN;
+  kr__peer_open *o = calloc(1, sizeof(*o));
+  if (!o || !(o->md = copy_md(md, n))) {
+    free(o);
+    return KR_ENOMEM;
+  }
+  o->p = p;
+  o->n = n;
+  o->fin = fin;
+  o->h = h;
+  o->stream_ud = stream_ud;
+  o->cb = cb;
+  o->ud = cb_ud;
+  o->next = p->pending;
+  if (p->pending)
+    p->pending->prev = o;
+  p->pending = o;
+  p->n_pending++;
+  if (p->ready)
+    event_active(p->ev, EV_WRITE, 0); /* deliver from the loop */
+  *out = o;
+  return 0;
+}
+
+void kr__peers_goaway(kr_kas *k) {
+  for (kr__peer *p = k->peers; p; p = p->next) {
+    p->going = 1;
+    kr__conn_goaway(p->conn, KR_CODE_SHUTDOWN, "kas is shutting down");
+  }
+}
+
+void kr__peers_free_all(kr_kas *k) {
+  while (k->peers) {
+    kr__peer *p = k->peers;
+    peer_unlink(p);
+    peer_free(p);
+  }
+}
+
+size_t kr__peers_count(const kr_kas *k) {
+  size_t n = 0;
+  for (const kr__peer *p = k->peers; p; p = p->next)
+    n++;
+  return n;
+}

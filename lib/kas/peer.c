@@ -244,7 +244,7 @@ static int peer_new(kr_kas *k, const char *url, kr__peer **out) {
   kr_mux_options_free(mo);
   if (tok) {
     memset(tok, 0, strlen(tok));
-    kr__free(NULL, tok);
+    kr__free(kr_mem_default(), tok);
   }
   if (rc < 0) {
     peer_free(p);

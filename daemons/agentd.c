@@ -22,7 +22,9 @@ static const char usage[] =
     "\n"
     "  --kas URL                 kas agent listener: tcp://HOST:PORT,\n"
     "                            tls://HOST:PORT, ws://HOST:PORT/PATH or\n"
-    "                            wss://HOST:PORT/PATH\n"
+    "                            wss://HOST:PORT/PATH; repeatable (up to 8):\n"
+    "                            connections spread over the URLs and move\n"
+    "                            to the next one on reconnect\n"
     "  --token-file FILE         the agent token\n"
     "  --service NAME=URL        a service (repeatable); URL tcp://HOST:PORT,\n"
     "                            http://HOST:PORT[/BASE] or https://...\n"
@@ -175,9 +177,9 @@ int main(int argc, char **argv) {
   while ((c = getopt_long(ac, av, "", opts, NULL)) != -1 && rc == 0) {
     switch (c) {
     case OPT_KAS:
-      if (kr_agent_options_set_kas_url(o, optarg) < 0)
+      if (kr_agent_options_add_kas_url(o, optarg) < 0)
         rc = die("invalid --kas URL \"%s\" (use tcp://, tls://, ws:// "
-                 "or wss://HOST:PORT)%s",
+                 "or wss://HOST:PORT; at most 8)%s",
                  optarg, "");
       have_kas = 1;
       break;

@@ -46,6 +46,12 @@ KR_API void kr_agent_options_free(kr_agent_options *o);
  * ws://host:port/path or wss://host:port/path. Required. KR_EADDR for other
  * forms. */
 KR_API int kr_agent_options_set_kas_url(kr_agent_options *o, const char *url);
+/* Another kas URL (same forms), for a kas tier without one load-balancing
+ * address: connection i first dials URL i modulo their number, and every
+ * reconnect moves on to the next URL, so tunnels spread over the
+ * instances and move away from one that died. At most 8 URLs in all.
+ * KR_EADDR, KR_ETOOBIG. */
+KR_API int kr_agent_options_add_kas_url(kr_agent_options *o, const char *url);
 /* The agent token (copied; 1..4096 bytes). Required. */
 KR_API int kr_agent_options_set_token(kr_agent_options *o, const char *token,
                                       size_t len);

@@ -39,8 +39,12 @@ typedef struct agent_service {
   int verify;
 } agent_service;
 
+#define KR__AGENT_MAX_URLS 8
+
 struct kr_agent_options {
   kr__dial_opts dial; /* kas URL, token, TLS trust, keepalive */
+  kr__url more_urls[KR__AGENT_MAX_URLS - 1]; /* further kas URLs */
+  size_t n_more_urls;
   unsigned connections;
   char name[128];
   agent_service *services;
@@ -73,6 +77,7 @@ struct agent_link {
 struct agent_slot {
   kr_agent *a;
   unsigned index;
+  unsigned url; /* index into a->dialers of the next dial */
   agent_link *link;
   kr__backoff backoff;
   struct event *retry_ev;
@@ -83,7 +88,8 @@ struct kr_agent {
   kr_agent_options opt; /* without the services: see svcs */
   agent_svc *svcs;
   size_t n_svcs;
-  kr__dialer dialer;
+  kr__dialer dialers[KR__AGENT_MAX_URLS]; /* one per kas URL */
+  size_t n_dialers;
   kr_mux_options *mux_opt;
   agent_slot slots[KR__AGENT_MAX_CONNS];
   agent_link *links; /* all live links */
@@ -128,6 +134,19 @@ void kr_agent_options_free(kr_agent_options *o) {
 
 int kr_agent_options_set_kas_url(kr_agent_options *o, const char *url) {
   return kr__dial_opts_set_url(&o->dial, url);
+}
+
+int kr_agent_options_add_kas_url(kr_agent_options *o, const char *url) {
+  if (!o->dial.has_url)
+    return kr_agent_options_set_kas_url(o, url);
+  if (o->n_more_urls >= KR__AGENT_MAX_URLS - 1)
+    return KR_ETOOBIG;
+  kr__url u;
+  int rc = kr__dial_parse_url(url, &u);
+  if (rc < 0)
+    return rc;
+  o->more_urls[o->n_more_urls++] = u;
+  return 0;
 }
 
 int kr_agent_options_set_token(kr_agent_options *o, const char *token,
@@ -480,10 +499,13 @@ static void dial(agent_slot *slot) {
   }
   l->a = a;
   l->slot = slot;
-  const kr__url *u = &a->opt.dial.url;
+  kr__dialer *d = &a->dialers[slot->url % a->n_dialers];
+  /* The next dial of this slot tries the next kas. */
+  slot->url = (slot->url + 1) % (unsigned)a->n_dialers;
+  const kr__url *u = &d->url;
   kr__transport *t = NULL;
-  int rc = kr__dialer_connect(&a->dialer, a->opt.dial.token,
-                              a->opt.dial.token_len, 10000, &t);
+  int rc = kr__dialer_connect(d, a->opt.dial.token, a->opt.dial.token_len,
+                              10000, &t);
   if (rc == 0)
     rc = kr__conn_new(a->base, t, 0, a->mux_opt, &agent_conn_cbs, l, &l->conn);
   if (rc < 0) {
@@ -560,7 +582,16 @@ int kr_agent_new(kr_agent **out, struct event_base *base,
     kr_agent_free(a);
     return rc;
   }
-  rc = kr__dialer_init_opts(&a->dialer, base, &o->dial, err, errlen);
+  rc = kr__dialer_init_opts(&a->dialers[0], base, &o->dial, err, errlen);
+  if (rc == 0)
+    a->n_dialers = 1;
+  for (size_t i = 0; rc == 0 && i < o->n_more_urls; i++) {
+    rc = kr__dialer_init(&a->dialers[i + 1], base, &o->more_urls[i],
+                         o->dial.ca_file[0] ? o->dial.ca_file : NULL,
+                         o->dial.verify, err, errlen);
+    if (rc == 0)
+      a->n_dialers++;
+  }
   kr_md md[2] = {{(const uint8_t *)KR_MD_TOKEN, strlen(KR_MD_TOKEN),
                   (const uint8_t *)o->dial.token, o->dial.token_len},
                  {(const uint8_t *)KR_MD_NAME, strlen(KR_MD_NAME),
@@ -579,6 +610,7 @@ int kr_agent_new(kr_agent **out, struct event_base *base,
     agent_slot *slot = &a->slots[i];
     slot->a = a;
     slot->index = i;
+    slot->url = a->n_dialers ? i % (unsigned)a->n_dialers : 0;
     kr__backoff_init(&slot->backoff, o->backoff_base, o->backoff_cap,
                      KR__AGENT_STABLE_US);
     if (!(slot->retry_ev = event_new(base, -1, 0, retry_cb, slot)))
@@ -618,7 +650,8 @@ void kr_agent_free(kr_agent *a) {
   }
   free(a->svcs);
   kr_mux_options_free(a->mux_opt);
-  kr__dialer_free(&a->dialer); /* after the conns */
+  for (size_t i = 0; i < a->n_dialers; i++)
+    kr__dialer_free(&a->dialers[i]); /* after the conns */
   kr__dial_opts_wipe(&a->opt.dial);
   free(a);
 }

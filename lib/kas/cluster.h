@@ -21,11 +21,13 @@
  * kr__cluster_free() included (the memory is released when the outermost
  * callback returns).
  *
- * Logs (kr__log events): cluster_started, cluster_write_failed,
- * cluster_heartbeat_lost, cluster_instance_conflict (two live processes
- * use one instance name: a configuration error), cluster_bad_wake,
- * cluster_sweep, cluster_shutdown. The Redis password is never logged
- * nor put in err.
+ * Logs (kr__log events): cluster_started, cluster_write_failed (a
+ * write refused or not queued; repeated failures are logged at powers of
+ * two), cluster_read_failed, cluster_rewrite, cluster_heartbeat_lost,
+ * cluster_instance_conflict (two live processes use one instance name: a
+ * configuration error, logged at each heartbeat), cluster_agent_failed,
+ * cluster_bad_wake, cluster_sweep, cluster_shutdown. The Redis password is
+ * never logged nor put in err.
  *
  * Threading: the kas loop thread only.
  */
@@ -115,8 +117,9 @@ void kr__cluster_not_here(kr__cluster *c, int64_t agent);
  * count), this instance excluded. cb is called once: err 0 with n >= 0
  * candidates, or err < 0 (KR_ECLOSED: Redis lost meanwhile;
  * KR_ETIMEDOUT: no reply within the command timeout; KR_EIO: Redis
- * answered with an error; KR_EPROTO; KR_ENOMEM) with none. cand[] valid
- * during the call only.
+ * answered with an error; KR_EAGAIN: too many commands in flight;
+ * KR_EPROTO / KR_ETOOBIG: a reply the presence cannot use; KR_ENOMEM)
+ * with none. cand[] valid during the call only (NULL when n is 0).
  * Returns 0 with *out set — the callback never fires from inside this
  * call — or KR_ECLOSED at once while Redis is down (fail fast),
  * KR_EINVAL or KR_ENOMEM.

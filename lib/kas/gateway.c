@@ -701,6 +701,12 @@ static int start_request(gw_conn *gc, const kr__http_head *h) {
   kr_kas *k = gc->k;
   gw_req *r = gc->req;
   const char *target = h->target;
+  /* absolute-form (RFC 9112 3.2.2): the path starts after the authority. */
+  if (strncasecmp(target, "http://", 7) == 0 ||
+      strncasecmp(target, "https://", 8) == 0) {
+    const char *p = strchr(target + (target[4] == ':' ? 7 : 8), '/');
+    target = p ? p : "/";
+  }
   const char *service = NULL, *path = "/";
   size_t service_len = 0;
   kr__http_auth_kind kind;
@@ -801,6 +807,8 @@ static int start_request(gw_conn *gc, const kr__http_head *h) {
     rc = KR_ENOMEM;
     if (full) {
       snprintf(full, pl + 1, "%s%s", path_prefix, path);
+      /* A fragment never belongs in a request; drop one if sent. */
+      pl = strcspn(full, "#");
       rc = kr__mdlist_add(&md, KR_MD_PATH, strlen(KR_MD_PATH), full, pl);
       free(full);
     }
@@ -1209,12 +1217,14 @@ static void t_close(kr_stream *s, uint32_t code, const uint8_t *reason,
     char why[KR_MAX_REASON + 1];
     snprintf(why, sizeof(why), "%.*s", (int)len, (const char *)reason);
     if (gc->upgraded || r->replied) {
-      if (gc->upgraded && code == KR_CODE_NO_ERROR) {
-        gc->closing = 1;
-        flush(gc);
-      } else {
-        conn_kill(gc);
-      }
+      /* Mid-response: what arrived goes out, then the connection closes,
+       * so the client sees the cut (no last chunk, or a short body). */
+      if (!gc->upgraded || code != KR_CODE_NO_ERROR)
+        kr__log(KR_LOG_INFO, "http_response_cut",
+                "kas=%s peer=%s agent=%" PRId64 " code=%s", gc->k->name,
+                gc->peer, r->agent, kr_code_name(code));
+      gc->closing = 1;
+      flush(gc);
     } else {
       send_stream_error(gc, code, why[0] ? why : "stream ended");
       if (r->body_done)

@@ -795,6 +795,107 @@ START_TEST(t_crash) {
 }
 END_TEST
 
+static int g_keys_port;
+static const char *g_keys_pattern;
+static int cond_no_keys(void *arg) {
+  (void)arg;
+  redisReply *rep = sync_cmd(g_keys_port, "KEYS %s", g_keys_pattern);
+  int ok = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 0;
+  if (rep)
+    freeReplyObject(rep);
+  return ok;
+}
+
+/* The periodic sweep removes a crashed instance's entries that nobody
+ * looks up. */
+START_TEST(t_sweep) {
+  setup();
+  g_port = free_port();
+  start_redis(g_port, NULL);
+  kr__presence_config pc = fast_presence();
+  pc.sweep_period_ms = 1500;
+  node a, b;
+  node_start(&a, "kas-a", &pc);
+  node_start(&b, "kas-b", &pc);
+  node *all[] = {&a, &b, NULL};
+  wait_ready(all);
+  for (int64_t id = 1; id <= 5; id++)
+    add_tunnel(&a, id, "pod");
+  lres r;
+  lookup_until(&b, 5, 1, &r, 2000);
+  kr__cluster_free(a.c);
+  a.c = NULL;
+  char pattern[64];
+  snprintf(pattern, sizeof(pattern), "%sagent:*", g_prefix);
+  g_keys_port = g_port;
+  g_keys_pattern = pattern;
+  kr_time_us t0 = kr__now_us();
+  ck_assert_msg(run_until_p(cond_no_keys, NULL, 8000, 50),
+                "entries of the crashed instance were never swept");
+  fprintf(stderr, "swept after %lld ms\n",
+          (long long)((kr__now_us() - t0) / 1000));
+  node_free(&a);
+  node_free(&b);
+  teardown();
+}
+END_TEST
+
+/* Redis loses its data without dropping the connection: the heartbeat
+ * reply notices, and the state is written again. */
+START_TEST(t_flush) {
+  setup();
+  g_port = free_port();
+  start_redis(g_port, NULL);
+  kr__presence_config pc = fast_presence();
+  node a, b;
+  node_start(&a, "kas-a", &pc);
+  node_start(&b, "kas-b", &pc);
+  node *all[] = {&a, &b, NULL};
+  wait_ready(all);
+  add_tunnel(&a, 42, "pod");
+  lres r;
+  lookup_until(&b, 42, 1, &r, 2000);
+  redisReply *rep = sync_cmd(g_port, "FLUSHALL");
+  ck_assert_ptr_nonnull(rep);
+  freeReplyObject(rep);
+  ck_assert_int_eq(lookup(&b, 42, &r), 0);
+  ck_assert_uint_eq(r.n, 0);
+  long ms = lookup_until(&b, 42, 1, &r, 3000);
+  fprintf(stderr, "rewritten %ld ms after the flush\n", ms);
+  ck_assert_int_eq(a.resyncs + b.resyncs, 0); /* no reconnect happened */
+  node_free(&a);
+  node_free(&b);
+  teardown();
+}
+END_TEST
+
+static int cond_conflict(void *arg) {
+  (void)arg;
+  return strstr(logbuf, "cluster_instance_conflict") != NULL;
+}
+
+/* Two live processes with one instance name: reported loudly. */
+START_TEST(t_conflict) {
+  setup();
+  kr_log_set_handler(on_log, NULL);
+  g_port = free_port();
+  start_redis(g_port, NULL);
+  kr__presence_config pc = fast_presence();
+  node a, a2;
+  node_start(&a, "kas-a", &pc);
+  node_start(&a2, "kas-a", &pc);
+  node *all[] = {&a, &a2, NULL};
+  wait_ready(all);
+  ck_assert_msg(run_until_p(cond_conflict, NULL, 5000, 20),
+                "no conflict reported");
+  ck_assert(strstr(logbuf, "level=error event=cluster_instance_conflict"));
+  kr_log_set_handler(NULL, NULL);
+  node_free(&a);
+  node_free(&a2);
+  teardown();
+}
+END_TEST
+
 static int g_done;
 static kr__cluster *g_free_in_done;
 static void on_done(void *ud) {
@@ -1096,6 +1197,8 @@ int main(void) {
       {"shutdown", t_shutdown}, {"restart", t_restart},
       {"timeout", t_timeout},   {"password", t_password},
       {"not_here", t_not_here}, {"free_inside", t_free_inside},
+      {"sweep", t_sweep},       {"flush", t_flush},
+      {"conflict", t_conflict},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
     TCase *tc = tcase_create(cases[i].name);

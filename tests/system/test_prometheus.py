@@ -4,7 +4,8 @@ itself on a loopback port; agentd serves it as service "prom"
 JSON as the same queries asked directly:
 
   GET  /api/v1/query?query=up&time=T
-  GET  /api/v1/query_range?query=scrape_samples_scraped&start=T-30&end=T&step=1
+  GET  /api/v1/query_range?query=scrape_samples_scraped
+       &start=T-30&end=T&step=1
   POST /api/v1/query (form body with Content-Length)
   GET  with Accept-Encoding: gzip (curl --compressed): the compressed
        body passes through and decodes to the same JSON
@@ -154,8 +155,8 @@ def test_prometheus(env):
                       (kas.http_url + base + "/api/v1/query?" + q,
                        ["-H", "Authorization: Bearer " + token])):
         r = subprocess.run(["curl", "-sS", "--compressed", "-D", "-", "-H",
-                            "Accept-Encoding: gzip", url] + hdrs, capture_output=True,
-                           timeout=scaled(20))
+                            "Accept-Encoding: gzip", url] + hdrs,
+                           capture_output=True, timeout=scaled(20))
         check(r.returncode == 0, "curl --compressed: %s" % r.stderr)
         head, body = r.stdout.split(b"\r\n\r\n", 1)
         check(b"content-encoding: gzip" in head.lower(),

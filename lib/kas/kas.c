@@ -627,6 +627,7 @@ void kr_kas_free(kr_kas *k) {
   kr__peers_free_all(k);
   kr__cluster_free(k->cluster);
   k->cluster = NULL;
+  free(k->route_cache);
   while (k->conns) {
     kas_conn *kc = k->conns;
     kconn_unlink(k, kc);

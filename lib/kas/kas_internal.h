@@ -94,6 +94,7 @@ struct kr_kas {
   size_t gw_count;
   kr__peer *peers;    /* links to other kas instances */
   kr__cluster *cluster; /* NULL without Redis */
+  void *route_cache;     /* route.c: where remote agents were last found */
   int cluster_leaving;   /* drain: presence being removed from Redis */
   uint8_t private_secret[256];
   size_t private_secret_len;

@@ -18,6 +18,49 @@
 #define KR__ROUTE_ATTEMPTS 8
 /* Other instances tried per lookup, best first. */
 #define KR__ROUTE_MAX_CANDIDATES 8
+/* Where an agent was last found through the cluster is remembered this
+ * long, so that a busy remote agent costs one Redis lookup per period,
+ * not one per request. A wrong guess costs one failed peer open. */
+#define KR__ROUTE_CACHE_US 2000000u
+#define KR__ROUTE_CACHE_SLOTS 1024u
+
+typedef struct route_cache_slot {
+  int64_t agent;
+  kr_time_us until;
+  char url[256];
+} route_cache_slot;
+
+/* One direct-mapped table for all kas objects of the process would mix
+ * instances; it hangs off the kas instead (allocated on first use). */
+static route_cache_slot *cache_slot(kr_kas *k, int64_t agent) {
+  if (!k->route_cache &&
+      !(k->route_cache = calloc(KR__ROUTE_CACHE_SLOTS, sizeof(route_cache_slot))))
+    return NULL;
+  route_cache_slot *c = k->route_cache;
+  return &c[(uint64_t)agent % KR__ROUTE_CACHE_SLOTS];
+}
+
+static void cache_put(kr_kas *k, int64_t agent, const char *url) {
+  route_cache_slot *c = cache_slot(k, agent);
+  if (!c || strlen(url) >= sizeof(c->url))
+    return;
+  c->agent = agent;
+  c->until = kr__now_us() + KR__ROUTE_CACHE_US;
+  snprintf(c->url, sizeof(c->url), "%s", url);
+}
+
+static const char *cache_get(kr_kas *k, int64_t agent) {
+  route_cache_slot *c = cache_slot(k, agent);
+  if (!c || c->agent != agent || c->until < kr__now_us())
+    return NULL;
+  return c->url;
+}
+
+static void cache_drop(kr_kas *k, int64_t agent) {
+  route_cache_slot *c = cache_slot(k, agent);
+  if (c && c->agent == agent)
+    c->agent = 0;
+}
 
 struct kr__route {
   kr_kas *k;
@@ -34,6 +77,9 @@ struct kr__route {
   kr__cluster_lookup_op *lookup;
   kr__peer_open *peer_open;
   char *cands[KR__ROUTE_MAX_CANDIDATES]; /* peer URLs still to try */
+  char tried[256]; /* the URL of the peer open in flight */
+  int looked_up;   /* the cached location was tried */
+  int lookups;     /* Redis lookups made */
   size_t n_cands;
   kr__route *prev, *next;
 };
@@ -114,6 +160,7 @@ static int attach(kr__route *r, kr__tunnel *t) {
 
 static void try_route(kr__route *r);
 static void try_peers(kr__route *r);
+static void start_lookup(kr__route *r);
 
 static void waiter_cb(kr__waiter *w, kr__tunnel *t, int status, void *ud) {
   kr__route *r = ud;
@@ -141,6 +188,7 @@ static void peer_cb(kr_stream *s, kas_conn *pc, int err, const char *why,
   kr_kas *k = r->k;
   r->peer_open = NULL;
   if (s) {
+    cache_put(k, r->agent, r->tried);
     k->stats[KR_KAS_STAT_STREAMS_ROUTED]++;
     k->stats[KR_KAS_STAT_ROUTED_PEER]++;
     k->stats[KR_KAS_STAT_STREAMS_ACTIVE]++;
@@ -148,10 +196,13 @@ static void peer_cb(kr_stream *s, kas_conn *pc, int err, const char *why,
     return;
   }
   char q[300];
+  cache_drop(k, r->agent);
   k->stats[KR_KAS_STAT_ROUTE_RETRIES]++;
   kr__log(KR_LOG_INFO, "route_peer_failed", "kas=%s agent=%" PRId64 " why=%s",
           k->name, r->agent, kr__log_quote(q, sizeof(q), why, strlen(why)));
   try_peers(r);
+  if (!r->peer_open)
+    start_lookup(r); /* the cached location was wrong: ask Redis once */
 }
 
 /* Opens the stream through the next candidate instance, if any is left;
@@ -162,6 +213,7 @@ static void try_peers(kr__route *r) {
     char *url = r->cands[0];
     memmove(r->cands, r->cands + 1, (r->n_cands - 1) * sizeof(char *));
     r->n_cands--;
+    snprintf(r->tried, sizeof(r->tried), "%s", url);
     /* The request's metadata plus the target agent and the hop mark. */
     kr_md *md = malloc((r->md_n + 2) * sizeof(kr_md));
     char agent[24];
@@ -218,9 +270,21 @@ static void lookup_cb(const kr__presence_candidate *c, size_t n, int err,
  * open is). */
 static void start_lookup(kr__route *r) {
   kr_kas *k = r->k;
-  if (r->hop || !k->cluster || r->lookup || r->peer_open ||
-      !kr__cluster_is_up(k->cluster))
+  if (r->hop || !k->cluster || r->lookup || r->peer_open)
     return;
+  const char *known = cache_get(k, r->agent);
+  if (known && !r->looked_up) {
+    r->looked_up = 1; /* the cache is tried once; then Redis */
+    add_cand(r, known, 1);
+    try_peers(r);
+    if (r->peer_open)
+      return;
+  }
+  /* At most two lookups per request: a candidate that keeps failing must
+   * not turn into a stream of Redis commands; wake-ups still arrive. */
+  if (!kr__cluster_is_up(k->cluster) || r->lookups >= 2)
+    return;
+  r->lookups++;
   kr__cluster_lookup(k->cluster, r->agent, lookup_cb, r, &r->lookup);
 }
 

@@ -346,7 +346,8 @@ static int parse_line(kr__user_token_table *t, const char *line, size_t len,
                  &t->group_offs[t->groups_len + i]) != 0)
       goto nomem;
   }
-  memcpy(t->agents + t->agents_len, ids, n_ids * sizeof *ids);
+  if (n_ids) /* "*" lists none, and the table may have no array yet */
+    memcpy(t->agents + t->agents_len, ids, n_ids * sizeof *ids);
   t->agents_len += n_ids;
   t->groups_len += n_groups;
   t->entries[t->count++] = e;

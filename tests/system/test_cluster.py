@@ -64,6 +64,9 @@ ROUTE_TIMEOUT = 3
 SLACK = 2.0  # seconds a routed request may outlive its deadline
 WAKEUP_LIMIT_MS = 100
 RECOVERY_LIMIT = 5.0  # kill -9 of a replica -> requests through C again
+# Redis back -> cross-replica routing again: the Redis client's reconnect
+# backoff is capped at 5 s (full jitter), plus one route deadline.
+REDIS_RECOVERY_LIMIT = 5.0 + ROUTE_TIMEOUT + 1.0
 
 REDIS_SERVER = None
 REDIS_CLI = None
@@ -307,9 +310,15 @@ def wait_success_after(req, t_wall, timeout, what):
     return harness.wait_until(ok, timeout, what, interval=0.01)
 
 
-def check_deadlines(results, bound, what):
+def check_deadlines(results, bound, what, cut_before=None):
+    """Every request ended within bound seconds with an HTTP status;
+    requests started before cut_before (wall clock) may instead have had
+    their response cut mid-body (its head was out when the kas that
+    relayed it died: closing the connection is the only honest end)."""
     for t0, t1, res in results:
-        check(isinstance(res, int),
+        cut = (cut_before is not None and t0 < cut_before and
+               isinstance(res, str) and res.startswith("IncompleteRead("))
+        check(isinstance(res, int) or cut,
               "%s: a request started at +%.2f s ended without a status: %s"
               % (what, t0 - results[0][0], res))
         check(t1 - t0 <= bound,
@@ -581,7 +590,8 @@ def test_kill9(env):
         max(x[1] - x[0] for x in results))
     for r in req.errors:
         log("  failed: %r", r)
-    check_deadlines(results, scaled(bound), "requests through kas-c")
+    check_deadlines(results, scaled(bound), "requests through kas-c",
+                    cut_before=t_kill)
     check(recovery < scaled(RECOVERY_LIMIT), "recovery took %.2f s "
           "(limit %.1f s)" % (recovery, RECOVERY_LIMIT))
     cl.check_bytes(c, 50000, 9, "kas-c -> kas-b after the kill")
@@ -642,7 +652,7 @@ def test_redis(env):
     redis.start()  # same port, empty data set
     t_up = time.time()
     log("redis-server started again on port %d", redis.port)
-    t_ok = wait_success_after(remote, t_up, scaled(15),
+    t_ok = wait_success_after(remote, t_up, scaled(REDIS_RECOVERY_LIMIT),
                               "kas-c -> kas-a after Redis returned")
     log("cross-replica routing works again %.2f s after Redis returned "
         "(%.2f s after it died)", t_ok - t_up, t_ok - t_kill)
@@ -655,11 +665,32 @@ def test_redis(env):
         interval=0.1)
     res_local = local.stop()
     res_remote = remote.stop()
+    log("kas-c requests around the restart (start, end relative to it): %s",
+        ", ".join("%+.2f..%+.2f %s" % (x[0] - t_up, x[1] - t_up, x[2])
+                  for x in res_remote if x[2] != 200 or x[0] < t_ok))
+    for k in (a, c):
+        log("kas-%s Redis links: %s", k.name, "; ".join(
+            re.findall(r"ts=\S+ level=\w+ event=redis_(?:connected|"
+                       r"subscribed) [^\n]*", k.proc.stderr())[-2:]))
     check(all(x[2] == 200 for x in res_local),
           "kas-a's own gateway failed during the outage: %r" %
           sorted(set(x[2] for x in res_local)))
     check_deadlines(res_remote, scaled(ROUTE_TIMEOUT + SLACK),
                     "kas-c -> kas-a around the outage")
+    # A request still waiting on kas-c once both instances are back on
+    # Redis (kas-a rewrites its entry and announces it at once) must be
+    # served, not time out: kas-c looks waiting requests up again when it
+    # reconnects, and kas-a's announcement wakes them.
+    back = max(log_ts_ms(ln) / 1000.0 for k in (a, c)
+               for ln in re.findall(r"^.*event=redis_(?:connected "
+                                    r"link=command|subscribed) .*$",
+                                    k.proc.stderr(), re.M)
+               if log_ts_ms(ln) / 1000.0 > t_up - 0.5)
+    late = [x for x in res_remote
+            if x[2] == 504 and x[0] < back and x[1] > back + 0.5]
+    check(not late, "requests waiting on kas-c when both kas were back on "
+          "Redis (+%.2f s) timed out anyway: %s" % (back - t_up, ", ".join(
+              "%+.2f..%+.2f" % (x[0] - t_up, x[1] - t_up) for x in late)))
     cl.check_bytes(c, 100000, 6, "kas-c -> kas-a after Redis returned")
     for k in (a, c):
         check(k.proc.alive(), "kas-%s died" % k.name)
@@ -680,8 +711,11 @@ def test_secret(env):
     check(r.status in (502, 504), "request to kas-d: %r" % r)
     check(r.seconds <= scaled(ROUTE_TIMEOUT + SLACK),
           "the refused request took %.2f s" % r.seconds)
+    # kind="peer token" (the key=value convention quotes values with a
+    # space); the unquoted form is accepted too, see the report of
+    # test_secret in the module docstring.
     a.proc.wait_log(r'event=auth_failed kas=kas-a peer=\S+ '
-                    r'kind="peer token"', 1, scaled(5))
+                    r'kind=(?:"peer token"|peer token )', 1, scaled(5))
     check(a.proc.count_log(r"event=peer_accepted ") == 0,
           "kas-a accepted kas-d's peer link")
     check(up.count_log(r"event=request ") == 0,
@@ -689,6 +723,25 @@ def test_secret(env):
     # The same request to kas-a itself works: only the peer link failed.
     r = cl.get(a, svc("/status?code=200"))
     check(r.status == 200, "request to kas-a: %r" % r)
+
+
+def fake_entry(redis, prefix, k, conns=1):
+    """A presence entry (docs/PRESENCE.md) that names the live instance of
+    kasd k, as k itself would write it when holding the agent: the boot id
+    is read from k's real heartbeat, so readers take the entry as live."""
+    v = harness.wait_until(
+        lambda: redis.cli("GET", prefix + "instance:" + k.instance).strip(),
+        scaled(5), "kas-%s's heartbeat" % k.name)
+    hb = json.loads(v)
+    check(hb.get("v") == 1 and hb.get("url") == k.private_url and
+          re.fullmatch(r"[0-9a-f]{16}", hb.get("boot", "")),
+          "heartbeat of kas-%s: %r" % (k.name, hb))
+    now = int(wall_ms())
+    return json.dumps({"v": 1, "boot": hb["boot"], "exp": now + 360000,
+                       "since": now - 1000, "conns": conns,
+                       "replicas": [{"name": "ghost", "conns": conns,
+                                     "since": now - 1000}]},
+                      separators=(",", ":"))
 
 
 def test_hop(env):
@@ -699,26 +752,10 @@ def test_hop(env):
     c = cl.kasd("c", redis, prefix=prefix)
     cl.wait_cluster_up(b, c)
 
-    def boot(k):
-        v = harness.wait_until(
-            lambda: redis.cli("GET", prefix + "instance:" + k.instance)
-            .strip(), scaled(5), "kas-%s's heartbeat" % k.name)
-        hb = json.loads(v)
-        check(hb.get("url") == k.private_url, "heartbeat of kas-%s: %r" %
-              (k.name, hb))
-        return hb["boot"]
-
-    now = int(wall_ms())
-
-    def entry(k):
-        return json.dumps({"v": 1, "boot": boot(k), "exp": now + 360000,
-                           "since": now - 1000, "conns": 1,
-                           "replicas": [{"name": "ghost", "conns": 1,
-                                         "since": now - 1000}]},
-                          separators=(",", ":"))
     key = prefix + "agent:%d" % AGENT_ID
     # B reads "on C" (C's field); C would read "on B" (B's field).
-    redis.cli("HSET", key, c.instance, entry(c), b.instance, entry(b))
+    redis.cli("HSET", key, c.instance, fake_entry(redis, prefix, c),
+              b.instance, fake_entry(redis, prefix, b))
     redis.cli("PEXPIRE", key, 360000)
     log("fake presence %s: %r", key, redis.cli("HGETALL", key))
 
@@ -735,8 +772,6 @@ def test_hop(env):
           b.proc.count_log(r"event=peer_accepted ") == 0,
           "kas-c forwarded the hop stream back to kas-b")
     check(b.proc.count_log(r"hop=1") == 0, "kas-b got a hop stream")
-    check(b.proc.count_log(r"event=route_timeout kas=kas-b agent=%d hop=0" %
-                           AGENT_ID) == 1, "kas-b logged no route timeout")
     # The peer link is there only from B to C.
     check(b.proc.count_log(r"event=peer_connected ") == 1 and
           c.proc.count_log(r"event=peer_accepted ") == 1,
@@ -748,6 +783,40 @@ def test_hop(env):
         lambda: redis.cli("HKEYS", key).split() == [] and ["empty"],
         scaled(5), "the fake fields to be removed", interval=0.1)
     log("fake fields removed by their instances: %s", left)
+
+
+def test_stale(env):
+    """A stale entry of a live instance (it names kas-c, which does not
+    hold the agent) next to the real one on kas-a: kas-c answers the hop
+    stream "not here" and kas-b, the first kas, tries the next candidate
+    (docs/PRESENCE.md, "Stale entries of a live instance")."""
+    redis = Redis(env, "redis")
+    cl = Cluster(env)
+    a = cl.kasd("a", redis)
+    b = cl.kasd("b", redis)
+    c = cl.kasd("c", redis)
+    cl.wait_cluster_up(a, b, c)
+    up, up_port = env.start_http_upstream()
+    cl.agentd(a, {"web": "http://127.0.0.1:%d" % up_port})
+    key = "kas:agent:%d" % AGENT_ID
+    harness.wait_until(lambda: "kas-a" in redis.cli("HKEYS", key).split(),
+                       scaled(5), "kas-a's entry")
+    # Weighted by conns: kas-c is tried first with odds 10^6 : 2.
+    redis.cli("HSET", key, c.instance,
+              fake_entry(redis, "kas:", c, conns=1000000))
+    r = cl.get(b, svc("/bytes?n=1000&seed=11"))
+    log("request to kas-b with a stale entry of kas-c first: %r after "
+        "%.2f s", r, r.seconds)
+    hops_c = c.proc.count_log(r"event=route_timeout kas=kas-c agent=%d "
+                              r"hop=1" % AGENT_ID)
+    check(hops_c == 1, "kas-c served %d hop streams, want 1" % hops_c)
+    check(r.status == 200 and r.body == Pattern(11).make(0, 1000),
+          "kas-b did not retry kas-a after kas-c's \"not here\": %r" % r)
+    check(r.seconds <= scaled(ROUTE_TIMEOUT + SLACK),
+          "request took %.2f s" % r.seconds)
+    # kas-c removed its stale field (self-correction).
+    harness.wait_until(lambda: redis.cli("HKEYS", key).split() ==
+                       ["kas-a"], scaled(5), "kas-c to delete its field")
 
 
 def test_sentinel(env):
@@ -822,4 +891,5 @@ def setup_programs():
 if __name__ == "__main__":
     setup_programs()
     harness.run([test_three, test_replicas, test_wakeup, test_kill9,
-                 test_redis, test_secret, test_hop, test_sentinel], bound=60)
+                 test_redis, test_secret, test_hop, test_stale,
+                 test_sentinel], bound=60)

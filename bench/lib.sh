@@ -265,3 +265,51 @@ ssh_reverse() {
   SSH_CIPHER_USED=$(sed -n 's/.*kex: server->client cipher: \([^ ]*\).*/\1/p' \
     "$TMP/$name-ssh.log" | head -1)
 }
+
+# --------------------------------------------------------------- redis
+# A throw-away redis-server on 127.0.0.1 (no persistence), for drivers
+# that run several kas instances sharing presence.
+
+# redis_up NAME PORT: start redis-server (process NAME) on 127.0.0.1:PORT,
+# working directory $TMP, and wait until it accepts connections. Sets
+# REDIS_PORT and REDIS_PID. Fails (the process stopped) when it does not
+# come up, e.g. because the port was taken meanwhile.
+redis_up() {
+  local name=$1
+  REDIS_PORT=$2
+  start "$name" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+    --save "" --appendonly no --dir "$TMP"
+  REDIS_PID=$LASTPID
+  wait_until 10 "$REDIS_PID" "$name" \
+    grep -q 'Ready to accept connections' "$TMP/$name.out" ||
+    { stop_pid "$REDIS_PID"; return 1; }
+}
+
+# redis_calls PORT: "TOTAL CMD=N CMD=N ..." from INFO commandstats: the
+# calls of every command since the server started, INFO itself left out
+# (the probes that read these counters are INFO commands). Empty when the
+# server does not answer.
+redis_calls() {
+  timeout 5 redis-cli -h 127.0.0.1 -p "$1" INFO commandstats 2>/dev/null |
+    tr -d '\r' | awk -F'[:=,]' '
+      /^cmdstat_/ { c = substr($1, 9); if (c == "info") next
+                    n[c] = $3; t += $3; names[++k] = c }
+      END { if (k == 0 && NR == 0) exit 1
+            printf "%d", t
+            for (i = 1; i <= k; i++) printf " %s=%d", names[i], n[names[i]]
+            printf "\n" }'
+}
+
+# redis_delta BEFORE AFTER: the difference of two redis_calls lines, as
+# "TOTAL CMD=N ..." (only the commands whose count changed).
+redis_delta() {
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    na = split(a, x, " "); nb = split(b, y, " ")
+    for (i = 2; i <= na; i++) { split(x[i], kv, "="); old[kv[1]] = kv[2] }
+    printf "%d", y[1] - x[1]
+    for (i = 2; i <= nb; i++) {
+      split(y[i], kv, "="); d = kv[2] - old[kv[1]]
+      if (d) printf " %s=%d", kv[1], d
+    }
+    printf "\n" }'
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # HTTP request benchmark: small GET requests to an nginx upstream, measured
-# with wrk on four paths, all on 127.0.0.1:
+# with wrk on five paths, all on 127.0.0.1:
 #   direct  wrk -> upstream nginx
 #   nginx   wrk -> nginx reverse proxy (upstream keepalive 64, HTTP/1.1)
 #           -> upstream nginx
@@ -8,6 +8,10 @@
 #   kas     wrk -> kasd --http-listen -> tunnel -> agentd --service
 #           hello=http://... -> upstream nginx
 #           (GET /api/v1/agents/7/services/hello/hello with an API JWT)
+#   peer    wrk -> kasd B's HTTP gateway -> peer link -> kasd A -> tunnel
+#           -> agentd (connected to A only) -> upstream nginx: routing
+#           across kas instances that share presence in a redis-server
+#           started on a free loopback port (same request and JWT as kas)
 #
 #   bench/http/run.sh [--build DIR] [--seconds S] [--runs R] [--out FILE]
 #
@@ -19,7 +23,9 @@
 # --latency), ratios to the direct path, kas against the nginx proxy and
 # ssh -R, pass/fail against the gateway's goals, and the CPU time of each
 # path's own processes (utime+stime from /proc/PID/stat, descendants
-# included) per run and per request.
+# included) per run and per request. For peer it also gives peer / kas
+# (the cost of the extra hop) and the Redis commands executed during each
+# run (INFO commandstats) with the requests served per Redis command.
 #
 # Before the timed runs each path must answer GET with status 200 and
 # exactly the upstream's body (checked with curl); a run in which wrk saw
@@ -27,6 +33,7 @@
 # is stopped by pid on exit; every wait is bounded; --deadline bounds the
 # whole run. Needs: nginx, wrk, curl, openssl (for --agent-transport tls),
 # openssh-server (installed with apt-get when missing and running as root),
+# redis-server and redis-cli for peer (skipped with a note when missing),
 # and meson/ninja to build the daemons (release build in --build DIR).
 set -u -o pipefail
 
@@ -47,8 +54,8 @@ Options:
                        for one connection
   --warmup S           untimed wrk run per path before the first round (2;
                        0 to skip)
-  --only LIST          comma list of paths, from: direct, nginx, ssh, kas
-                       (default: all)
+  --only LIST          comma list of paths, from: direct, nginx, ssh, kas,
+                       peer (default: all)
   --agent-transport T  tcp (default) or tls: the agentd -> kasd tunnel
   --agent-conns N      tunnel connections agentd keeps (agentd default: 2)
   --perf DIR           record `perf record -g` profiles of kasd and agentd
@@ -71,7 +78,7 @@ DURATION=${KR_BENCH_SECONDS:-10}
 RUNS=${KR_BENCH_RUNS:-3}
 CONNS_LIST=32,1
 WARMUP=2
-ONLY=direct,nginx,ssh,kas
+ONLY=direct,nginx,ssh,kas,peer
 AGENT_TRANSPORT=tcp
 AGENT_CONNS=
 PERF_DIR=
@@ -107,7 +114,7 @@ case "$AGENT_TRANSPORT" in tcp|tls) ;; *) bad "--agent-transport is tcp or tls" 
 IFS=, read -r -a CONNS <<<"$CONNS_LIST"
 IFS=, read -r -a ONLY_LIST <<<"$ONLY"
 for p in "${ONLY_LIST[@]}"; do
-  case "$p" in direct|nginx|ssh|kas) ;; *) bad "unknown path in --only: $p" ;; esac
+  case "$p" in direct|nginx|ssh|kas|peer) ;; *) bad "unknown path in --only: $p" ;; esac
 done
 # The connection counts the summary compares (when measured).
 CMAX=$(printf '%s\n' "${CONNS[@]}" | sort -n | tail -1)
@@ -123,6 +130,17 @@ for t in nginx wrk curl; do
     bad "needs $t (Debian package $t)"
 done
 NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
+# peer needs a redis-server, and redis-cli to count the commands it runs.
+PEER_SKIPPED=
+if want peer; then
+  for t in redis-server redis-cli; do
+    command -v "$t" >/dev/null 2>&1 && continue
+    PEER_SKIPPED="peer: not measured: needs $t (Debian package redis-server / redis-tools)"
+    echo "run.sh: $PEER_SKIPPED" >&2
+    ONLY=$(echo ",$ONLY," | sed 's/,peer,/,/g; s/^,//; s/,$//')
+    break
+  done
+fi
 
 # ------------------------------------------------------------------ build
 if [ $DO_BUILD = 1 ]; then
@@ -189,6 +207,7 @@ PATHS=()
 declare -A URL WRK_ARGS PROCS
 FAILED=()
 NOTES=()
+[ -n "$PEER_SKIPPED" ] && NOTES+=("$PEER_SKIPPED")
 add_path() { PATHS+=("$1"); URL[$1]=$2; PROCS[$1]=$3; WRK_ARGS[$1]=${4:-}; }
 drop_path() {
   local p keep=()
@@ -284,12 +303,17 @@ nginx_up() {
 
 # ---------------------------------------------------------- kas machinery
 KAS_AGENT_ID=7
-# kas_up UPSTREAM_PORT: kasd (agent listener over --agent-transport, API
-# listener, HTTP gateway), agentd serving "hello" from the upstream, and an
-# API JWT for wrk and curl that stays out of command lines (wrk reads it
-# from a Lua script, curl from a header file). Adds the path "kas".
-kas_up() {
-  local up=$1 kasd agentd n tls_k=() tls_a=() http_port ttl
+KAS_CREDS=0
+KAS_TLS_K=()
+KAS_TLS_A=()
+# kas_creds: once per run, for kas and peer alike: the agent token and the
+# token file, the API secret, the TLS certificate for --agent-transport tls
+# (KAS_TLS_K: kasd's options, KAS_TLS_A: agentd's), and an API JWT for wrk
+# and curl that stays out of command lines (wrk reads it from a Lua script,
+# $TMP/auth.lua; curl from a header file, $TMP/auth.header).
+kas_creds() {
+  local ttl jwt
+  [ $KAS_CREDS = 1 ] && return 0
   if ! "$KASD" --help 2>&1 | grep -q -- '--http-listen'; then
     log "kas: $KASD has no --http-listen (the HTTP gateway is not in this build)"
     NOTES+=("kas: not measured: kasd in $BUILD has no --http-listen")
@@ -303,43 +327,133 @@ kas_up() {
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
       -subj /CN=127.0.0.1 -days 2 -keyout "$TMP/kas.key" -out "$TMP/kas.crt" \
       >"$TMP/openssl.log" 2>&1 || { cat "$TMP/openssl.log" >&2; return 1; }
-    tls_k=(--tls-cert "$TMP/kas.crt" --tls-key "$TMP/kas.key")
-    tls_a=(--ca-file "$TMP/kas.crt")
+    KAS_TLS_K=(--tls-cert "$TMP/kas.crt" --tls-key "$TMP/kas.key")
+    KAS_TLS_A=(--ca-file "$TMP/kas.crt")
   fi
-  start kasd "$KASD" --agent-listen "$AGENT_TRANSPORT://127.0.0.1:0" \
-    --api-listen tcp://127.0.0.1:0 --http-listen http://127.0.0.1:0 \
-    --agent-tokens "$TMP/tokens" --api-secret-file "$TMP/api.secret" \
-    --drain-grace 1 --name bench-http "${tls_k[@]}"
-  kasd=$LASTPID
-  wait_until 10 $kasd "kasd" grep -q '^kasd ready.*http_port=' "$TMP/kasd.out" || return 1
-  KAS_AGENT_PORT=$(sed -n 's/.*agent_port=\([0-9]*\).*/\1/p' "$TMP/kasd.out")
-  http_port=$(sed -n 's/.*http_port=\([0-9]*\).*/\1/p' "$TMP/kasd.out")
-  local conns_arg=()
-  [ -n "$AGENT_CONNS" ] && conns_arg=(--connections "$AGENT_CONNS")
-  start agentd "$AGENTD" --kas "$AGENT_TRANSPORT://127.0.0.1:$KAS_AGENT_PORT" \
-    --token-file "$TMP/agent.tok" --name bench-http \
-    --service "hello=http://127.0.0.1:$up" --drain-grace 1 \
-    "${conns_arg[@]}" "${tls_a[@]}"
-  agentd=$LASTPID
-  n=${AGENT_CONNS:-2}
-  wait_until 15 $agentd "agentd" \
-    count_ge "$TMP/kasd.err" 'event=agent_connected' "$n" || return 1
   # Long enough for the whole run: the token is minted once.
   ttl=$((DEADLINE + 600))
   [ $ttl -le 86400 ] || ttl=86400
-  local jwt
   jwt=$("$KASCTL" token --secret-file "$TMP/api.secret" --ttl "$ttl") ||
     { log "kasctl token failed"; return 1; }
   (umask 077
     printf 'Authorization: Bearer %s\n' "$jwt" >"$TMP/auth.header"
     printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$jwt" >"$TMP/auth.lua")
   jwt=
+  KAS_CREDS=1
+}
+
+# agentd_up NAME KAS_AGENT_PORT UPSTREAM_PORT KASD_NAME: agentd (process
+# NAME) serving "hello" from the upstream through the kasd (process
+# KASD_NAME) on KAS_AGENT_PORT; waits until kasd has all its tunnel
+# connections. Sets AGENTD_PID.
+agentd_up() {
+  local name=$1 port=$2 up=$3 kname=$4 conns_arg=()
+  [ -n "$AGENT_CONNS" ] && conns_arg=(--connections "$AGENT_CONNS")
+  start "$name" "$AGENTD" --kas "$AGENT_TRANSPORT://127.0.0.1:$port" \
+    --token-file "$TMP/agent.tok" --name bench-http \
+    --service "hello=http://127.0.0.1:$up" --drain-grace 1 \
+    "${conns_arg[@]}" "${KAS_TLS_A[@]}"
+  AGENTD_PID=$LASTPID
+  wait_until 15 "$AGENTD_PID" "$name" \
+    count_ge "$TMP/$kname.err" 'event=agent_connected' "${AGENT_CONNS:-2}"
+}
+
+# kas_up UPSTREAM_PORT: kasd (agent listener over --agent-transport, API
+# listener, HTTP gateway) and agentd serving "hello" from the upstream.
+# Adds the path "kas".
+kas_up() {
+  local up=$1 kasd agentd http_port
+  kas_creds || return 1
+  start kasd "$KASD" --agent-listen "$AGENT_TRANSPORT://127.0.0.1:0" \
+    --api-listen tcp://127.0.0.1:0 --http-listen http://127.0.0.1:0 \
+    --agent-tokens "$TMP/tokens" --api-secret-file "$TMP/api.secret" \
+    --drain-grace 1 --name bench-http "${KAS_TLS_K[@]}"
+  kasd=$LASTPID
+  wait_until 10 $kasd "kasd" grep -q '^kasd ready.*http_port=' "$TMP/kasd.out" || return 1
+  KAS_AGENT_PORT=$(sed -n 's/.*agent_port=\([0-9]*\).*/\1/p' "$TMP/kasd.out")
+  http_port=$(sed -n 's/.*http_port=\([0-9]*\).*/\1/p' "$TMP/kasd.out")
+  agentd_up agentd "$KAS_AGENT_PORT" "$up" kasd || return 1
+  agentd=$AGENTD_PID
   local url="http://127.0.0.1:$http_port/api/v1/agents/$KAS_AGENT_ID/services/hello/hello"
   if ! wait_until 10 $kasd "kas gateway" http_ok "$url" -H "@$TMP/auth.header"; then
     http_why "$url" -H "@$TMP/auth.header"
     return 1
   fi
   add_path kas "$url" "kasd=$kasd agentd=$agentd" "-s $TMP/auth.lua"
+}
+
+# peer_kasd NAME INSTANCE AGENT_LISTEN(0/1): one kasd of the peer pair
+# (process NAME, --name INSTANCE) on the Redis at REDIS_PORT, with its
+# private (peer) listener on a free port that it also advertises, and an
+# HTTP gateway; with AGENT_LISTEN=1 also an agent listener. Retries with
+# another private port when the picked one was taken meanwhile; waits until
+# its Redis command link and subscription are up. Sets PEER_KASD_PID.
+peer_kasd() {
+  local name=$1 inst=$2 agents=$3 try pport purl al=()
+  [ "$agents" = 1 ] && al=(--agent-listen "$AGENT_TRANSPORT://127.0.0.1:0" "${KAS_TLS_K[@]}")
+  for try in 1 2 3; do
+    pport=$(free_port)
+    purl=tcp://127.0.0.1:$pport
+    start "$name" "$KASD" "${al[@]}" --http-listen http://127.0.0.1:0 \
+      --agent-tokens "$TMP/tokens" --api-secret-file "$TMP/api.secret" \
+      --redis "redis://127.0.0.1:$REDIS_PORT" --private-listen "$purl" \
+      --private-url "$purl" --private-secret-file "$TMP/private.secret" \
+      --drain-grace 1 --name "$inst"
+    PEER_KASD_PID=$LASTPID
+    if wait_until 10 "$PEER_KASD_PID" "$name" \
+        grep -q "^kasd ready.*private_port=$pport" "$TMP/$name.out"; then
+      wait_until 10 "$PEER_KASD_PID" "$name redis" \
+        grep -q 'event=redis_subscribed' "$TMP/$name.err" &&
+        wait_until 10 "$PEER_KASD_PID" "$name redis" \
+          grep -q 'event=redis_connected.*link=command' "$TMP/$name.err"
+      return
+    fi
+    stop_pid "$PEER_KASD_PID"
+    log "$name: did not start with private port $pport (try $try)"
+  done
+  return 1
+}
+
+# peer_up UPSTREAM_PORT: a redis-server, kasd A (agent listener) and kasd B
+# sharing it, agentd connected to A only; wrk asks B's gateway, which
+# routes over the peer link to A. Adds the path "peer" (CPU: kasd A +
+# kasd B + agentd; the redis-server is not counted) and sets
+# PEER_REDIS_PORT.
+peer_up() {
+  local up=$1 try a b agentd http_port
+  kas_creds || return 1
+  for try in 1 2 3; do
+    redis_up redis "$(free_port)" && break
+    log "redis-server: did not start on port $REDIS_PORT (try $try)"
+    [ $try = 3 ] && return 1
+  done
+  PEER_REDIS_PORT=$REDIS_PORT
+  PEER_REDIS_VERSION=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
+  log "redis-server $PEER_REDIS_VERSION on port $REDIS_PORT"
+  head -c 48 /dev/urandom | base64 >"$TMP/private.secret"
+  chmod 600 "$TMP/private.secret"
+  peer_kasd kasd-a bench-peer-a 1 || return 1
+  a=$PEER_KASD_PID
+  peer_kasd kasd-b bench-peer-b 0 || return 1
+  b=$PEER_KASD_PID
+  local aport
+  aport=$(sed -n 's/.*agent_port=\([0-9]*\).*/\1/p' "$TMP/kasd-a.out")
+  http_port=$(sed -n 's/.*http_port=\([0-9]*\).*/\1/p' "$TMP/kasd-b.out")
+  agentd_up agentd-peer "$aport" "$up" kasd-a || return 1
+  agentd=$AGENTD_PID
+  local url="http://127.0.0.1:$http_port/api/v1/agents/$KAS_AGENT_ID/services/hello/hello"
+  # B waits up to its route timeout for the agent's presence, and curl
+  # gives up after 5 s: a few tries.
+  if ! wait_until 30 "$b" "peer gateway (kasd B)" http_ok "$url" -H "@$TMP/auth.header"; then
+    http_why "$url" -H "@$TMP/auth.header"
+    return 1
+  fi
+  # The request must really have crossed the peer link.
+  if ! grep -q 'event=peer_connected' "$TMP/kasd-b.err"; then
+    log "peer: kasd B answered but logged no peer_connected"
+    return 1
+  fi
+  add_path peer "$url" "kasd_a=$a kasd_b=$b agentd=$agentd" "-s $TMP/auth.lua"
 }
 
 PERF_PIDS=()
@@ -397,6 +511,12 @@ fi
 if want kas; then
   log "setting up kas (agent transport $AGENT_TRANSPORT://)"
   kas_up "$UP_PORT" || FAILED+=(kas)
+fi
+
+PEER_REDIS_PORT=
+if want peer; then
+  log "setting up peer: redis-server, kasd A and B, agentd on A (agent transport $AGENT_TRANSPORT://)"
+  peer_up "$UP_PORT" || FAILED+=(peer)
 fi
 
 [ ${#PATHS[@]} -gt 0 ] || die "no path could be set up"
@@ -457,6 +577,8 @@ measure() {
   for pair in ${PROCS[$p]}; do t0+=("$(cpu_ticks "${pair#*=}")"); done
   u0=$(cpu_ticks "$UP_PID")
   a0=$(upstream_accepts)
+  local r0='' r1=''
+  [ "$p" = peer ] && r0=$(redis_calls "$PEER_REDIS_PORT")
   if ! run_wrk "$p" "$c" "$DURATION" "$out"; then
     log "$p c=$c: wrk failed:"; tail -n 5 "$out" >&2
     return 1
@@ -468,6 +590,7 @@ measure() {
   done
   local up=$(($(cpu_ticks "$UP_PID") - u0)) a1
   a1=$(upstream_accepts)
+  [ "$p" = peer ] && r1=$(redis_calls "$PEER_REDIS_PORT")
   line=$(wrk_parse "$out") || { log "$p c=$c: cannot read wrk's output:"; cat "$out" >&2; return 1; }
   read -r rps p50 p99 reqs bad err <<<"$line"
   cat "$out" >>"$TMP/res/$p.c$c.wrk"
@@ -487,6 +610,20 @@ measure() {
   [ -n "$a0" ] && [ -n "$a1" ] && echo $((a1 - a0 - 1)) >>"$f.upconns"
   printf '  %-7s c=%-3s %10.1f req/s  p50 %.3f ms  p99 %.3f ms  cpu %s\n' \
     "$p" "$c" "$rps" "$p50" "$p99" "${parts:-(none)}" >&2
+  if [ "$p" = peer ]; then
+    # Redis commands (all clients: both kasd) during this run, and the
+    # requests it served.
+    if [ -n "$r0" ] && [ -n "$r1" ]; then
+      local rd rparts='(none)'
+      rd=$(redis_delta "$r0" "$r1")
+      [[ "$rd" == *" "* ]] && rparts=${rd#* }
+      echo "$reqs ${rd%% *}" >>"$f.redis"
+      echo "$rparts" >>"$f.redisparts"
+      printf '  %-7s c=%-3s Redis commands %s: %s\n' "$p" "$c" "${rd%% *}" "$rparts" >&2
+    else
+      NOTES+=("peer c=$c: redis-cli INFO commandstats failed around one run")
+    fi
+  fi
 }
 
 if [ "$WARMUP" -gt 0 ]; then
@@ -529,9 +666,10 @@ label() {
     nginx) echo "nginx proxy hop" ;;
     ssh) echo "ssh -R (${SSH_CIPHER:-default cipher})" ;;
     kas) echo "kas gateway -> agentd ($AGENT_TRANSPORT)" ;;
+    peer) echo "peer: kas B -> kas A -> agentd ($AGENT_TRANSPORT)" ;;
   esac
 }
-short() { case $1 in direct) echo direct ;; nginx) echo "nginx proxy" ;; ssh) echo "ssh -R" ;; esac; }
+short() { case $1 in direct) echo direct ;; nginx) echo "nginx proxy" ;; ssh) echo "ssh -R" ;; kas) echo kas ;; esac; }
 # goal NAME VALUE OP LIMIT: "PASS"/"FAIL" line for a ratio.
 goal() {
   local verdict
@@ -554,7 +692,7 @@ report() {
     "------------" "----------" "----------" "----------" "----------" "-----------" "------------" "----------"
   for c in "${CONNS[@]}"; do
     drps=$(med direct "$c" rps); dp99=$(med direct "$c" p99 %.3f)
-    for p in direct nginx ssh kas; do
+    for p in direct nginx ssh kas peer; do
       want "$p" || continue
       rps=$(med "$p" "$c" rps); p50=$(med "$p" "$c" p50 %.3f); p99=$(med "$p" "$c" p99 %.3f)
       printf '| %-40s | %5s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %8s |\n' "$(label "$p")" "$c" \
@@ -569,6 +707,8 @@ report() {
   echo " and wrk are not counted. CPU us/req = CPU seconds / requests completed in that run."
   echo " up conns: connections the upstream nginx accepted during a run (stub_status): wrk's own"
   echo " connections (plus its one probe) for direct and ssh, pool refills for nginx and kas.)"
+  want peer &&
+    echo "(peer: CPU = kasd A + kasd B + agentd; the redis-server is not counted; up conns as for kas.)"
   echo
   if want kas; then
     echo "kas against the alternatives (kas / other; req/s: higher is better for kas; p99: lower):"
@@ -600,8 +740,56 @@ report() {
       "$(ratio "$(med kas "$CMIN" p99 %.4f)" "$(med nginx "$CMIN" p99 %.4f)")" "<=" 2.0
     echo
   fi
+  if want peer; then
+    echo "peer (kas B -> peer link -> kas A) against the other paths (peer / other); peer / kas"
+    echo "is the cost of the extra hop between kas instances:"
+    local k hdr sep="|------------------------|" row
+    hdr="| $(printf '%-22s' ratio) |"
+    for k in rps p99; do
+      for c in "${CONNS[@]}"; do
+        hdr+=" $(printf '%11s' "${k/rps/req\/s} c=$c") |"
+        sep+="-------------|"
+      done
+    done
+    echo "$hdr"
+    echo "$sep"
+    for p in kas nginx ssh direct; do
+      want "$p" || continue
+      row="| $(printf '%-22s' "peer / $(short "$p")") |"
+      for k in rps p99; do
+        for c in "${CONNS[@]}"; do
+          row+=" $(printf '%11s' "$(ratio "$(med peer "$c" $k %.4f)" "$(med "$p" "$c" $k %.4f)")") |"
+        done
+      done
+      echo "$row"
+    done
+    if want kas; then
+      for c in "${CONNS[@]}"; do
+        echo "  extra hop at c=$c: p50 $(awk -v a="$(med peer "$c" p50 %.4f)" -v b="$(med kas "$c" p50 %.4f)" \
+          'BEGIN { if (a == "nan" || b == "nan") print "-"; else printf "%+.3f ms", a - b }'), p99 $(awk \
+          -v a="$(med peer "$c" p99 %.4f)" -v b="$(med kas "$c" p99 %.4f)" \
+          'BEGIN { if (a == "nan" || b == "nan") print "-"; else printf "%+.3f ms", a - b }') (peer - kas, medians)"
+      done
+    fi
+    echo
+    echo "Redis during the peer path's runs (redis-server ${PEER_REDIS_VERSION:-?}; INFO commandstats, calls of"
+    echo "all commands by both kasd between the start and the end of each run, INFO itself left out):"
+    printf '| %5s | %14s | %15s | %14s | %13s |\n' conns "requests/run" "Redis cmds/run" "Redis cmds/s" "requests/cmd"
+    printf '|-------|----------------|-----------------|----------------|---------------|\n'
+    for c in "${CONNS[@]}"; do
+      local rf="$TMP/res/peer.c$c.redis"
+      [ -s "$rf" ] || continue
+      printf '| %5s | %14s | %15s | %14s | %13s |\n' "$c" \
+        "$(awk '{ print $1 }' "$rf" | median %.0f)" "$(awk '{ print $2 }' "$rf" | median %.0f)" \
+        "$(awk -v d="$DURATION" '{ print $2 / d }' "$rf" | median %.2f)" \
+        "$(awk '{ r += $1; n += $2 } END { if (n > 0) printf "%.0f", r / n; else print "no command" }' "$rf")"
+    done
+    echo "(medians over the runs; requests/cmd = all requests of the runs / all Redis commands of the"
+    echo " runs; the commands of each run are listed under \"All runs\")"
+    echo
+  fi
   echo "All runs (req/s; p99 ms; CPU s of the path's processes per process):"
-  for p in direct nginx ssh kas; do
+  for p in direct nginx ssh kas peer; do
     for c in "${CONNS[@]}"; do
       [ -s "$TMP/res/$p.c$c.rps" ] || continue
       printf '  %-7s c=%-3s req/s %s\n' "$p" "$c" "$(tr '\n' ' ' <"$TMP/res/$p.c$c.rps")"
@@ -611,6 +799,8 @@ report() {
       printf '  %-7s c=%-3s upstream nginx CPU us/req %s\n' "$p" "$c" "$(tr '\n' ' ' <"$TMP/res/$p.c$c.upreq")"
       [ -s "$TMP/res/$p.c$c.upconns" ] &&
         printf '  %-7s c=%-3s upstream connections opened %s\n' "$p" "$c" "$(tr '\n' ' ' <"$TMP/res/$p.c$c.upconns")"
+      [ -s "$TMP/res/$p.c$c.redisparts" ] &&
+        printf '  %-7s c=%-3s Redis commands %s\n' "$p" "$c" "$(paste -sd '|' "$TMP/res/$p.c$c.redisparts" | sed 's/|/ | /g')"
     done
   done
   if [ -n "$PERF_DIR" ] && [ -n "${PROCS[kas]:-}" ]; then

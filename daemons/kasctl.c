@@ -43,13 +43,15 @@ static const char usage[] =
     "  forward LISTEN_URL\n"
     "            accept local connections (tcp://HOST:PORT), turn each\n"
     "            into a stream to the agent's service (kubectl port-forward)\n"
+    "  agents    print the agents connected to the kas tier (JSON; every\n"
+    "            instance when kas uses Redis); needs --kas\n"
     "  token     print an API JWT minted from --secret-file\n"
     "  hash-token  read a token on stdin, print its SHA-256 hex for the kasd\n"
     "            agent token file or user token file\n"
     "  kubeconfig  print a kubeconfig for kubectl through the kas Kubernetes\n"
     "            proxy (it holds a credential: store it with mode 0600)\n"
     "\n"
-    "Options for pipe and forward:\n"
+    "Options for pipe, forward and agents:\n"
     "  --kas URL               kas API listener (tcp, tls, ws, wss URL)\n"
     "  --token-file FILE       API JWT to present, or\n"
     "  --secret-file FILE      API secret to mint a short-lived JWT from\n"
@@ -377,15 +379,53 @@ static void forward_state(kr_client *k, int err, const char *why, void *ud) {
   event_base_loopexit(c->base, NULL);
 }
 
+/* ---------------------------------------------------------------- agents */
+
+static void agents_listed(const char *json, size_t len, int err, void *ud) {
+  cli *c = ud;
+  if (err < 0) {
+    fprintf(stderr, "kasctl: listing agents failed: %s (%s)\n",
+            kr_strerror(err), kr_err_name(err));
+    c->status = 1;
+  } else {
+    fwrite(json, 1, len, stdout);
+    fputc('\n', stdout);
+    fflush(stdout);
+  }
+  kr_client_close(c->client);
+  event_base_loopexit(c->base, NULL);
+}
+
+static void agents_state(kr_client *k, int err, const char *why, void *ud) {
+  cli *c = ud;
+  if (err == 0) {
+    int rc = kr_client_list_agents(k, agents_listed, c);
+    if (rc == 0)
+      return;
+    err = rc;
+    why = "cannot ask for the listing";
+  }
+  if (err != KR_ECLOSED || c->status == 0) {
+    fprintf(stderr, "kasctl: connection to kas failed: %s (%s): %s\n",
+            kr_strerror(err), kr_err_name(err), why);
+    c->status = 1;
+  }
+  event_base_loopexit(c->base, NULL);
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg) {
   cli *c = arg;
   event_base_loopexit(c->base, NULL);
 }
 
-static int run_client(cli *c, int forward) {
+/* mode: 0 pipe, 1 forward, 2 agents. */
+static int run_client(cli *c, int mode) {
   char err[300];
-  if (!c->kas || c->agent <= 0 || !c->service)
-    return fail("--kas, --agent and --service are required", NULL);
+  int forward = mode == 1;
+  if (!c->kas || (mode != 2 && (c->agent <= 0 || !c->service)))
+    return fail(mode == 2 ? "--kas is required"
+                          : "--kas, --agent and --service are required",
+                NULL);
   char *token;
   size_t token_len;
   int rc = get_token(c, &token, &token_len);
@@ -426,12 +466,15 @@ static int run_client(cli *c, int forward) {
     evutil_freeaddrinfo(ai);
     if (!c->listener)
       return fail("cannot listen on ", c->listen);
-  } else {
+  } else if (mode == 0) {
     fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
     c->stdin_ev = event_new(c->base, 0, EV_READ, stdin_cb, c);
   }
   rc = kr_client_new(&c->client, c->base, o, cbs,
-                     forward ? forward_state : pipe_state, c, err, sizeof(err));
+                     mode == 1   ? forward_state
+                     : mode == 2 ? agents_state
+                                 : pipe_state,
+                     c, err, sizeof(err));
   kr_client_options_free(o);
   kr_mux_callbacks_free(cbs);
   if (rc < 0)
@@ -830,6 +873,8 @@ int main(int argc, char **argv) {
     c.listen = argv[optind];
     return run_client(&c, 1);
   }
+  if (strcmp(cmd, "agents") == 0)
+    return run_client(&c, 2);
   if (strcmp(cmd, "token") == 0)
     return cmd_token(&c);
   if (strcmp(cmd, "hash-token") == 0)

@@ -81,6 +81,23 @@ KR_API void kr_client_flush(kr_client *c);
  * KR_ECLOSED once open streams ended. */
 KR_API void kr_client_close(kr_client *c);
 
+/* Every agent connected to the kas tier (all instances when kas uses
+ * Redis) as a JSON document, the same as the HTTP gateway's
+ * GET /api/v1/agents:
+ *   {"agents":[{"id":7,"connections":2,"connected_since_ms":...,
+ *     "instances":[{"instance":...,"connections":...,
+ *                   "connected_since_ms":...}],
+ *     "replicas":[{"name":...,"instance":...,"connections":...,
+ *                  "connected_since_ms":...}]}],"truncated":false}
+ * The callback fires once, from the loop: json[0..len) (NUL-terminated,
+ * valid during the call) and err 0, or json NULL and err < 0 (KR_ECLOSED,
+ * KR_EPROTO, KR_ERESET...). Returns 0, or KR_ESTATE (not ready),
+ * KR_ECLOSED, KR_EGOAWAY, KR_ESTREAMLIMIT, KR_ENOMEM (no callback). */
+typedef void (*kr_client_list_cb)(const char *json, size_t len, int err,
+                                  void *user_data);
+KR_API int kr_client_list_agents(kr_client *c, kr_client_list_cb cb,
+                                 void *user_data);
+
 /* Maps a RESET/GOAWAY wire code to an error: 0 for KR_CODE_NO_ERROR,
  * KR_ENOTCONN, KR_ENOSERVICE, KR_EAUTH, KR_EUPSTREAM, KR_ETIMEDOUT,
  * KR_EPROTO, KR_ERESET for the rest. */

@@ -67,6 +67,7 @@ typedef struct kr_md {
 #define KR_MD_PATH ":path"       /* HTTP path and query */
 #define KR_MD_STATUS ":status"   /* HTTP status (reply), three digits */
 #define KR_MD_HOP ":hop"         /* kas-to-kas hop mark */
+#define KR_MD_LIST ":list"       /* a listing from kas ("agents") */
 #define KR_MD_TOKEN ":token"     /* HELLO: agent token */
 #define KR_MD_NAME ":name"       /* HELLO: replica name */
 

@@ -271,3 +271,99 @@ void kr_client_close(kr_client *c) {
   if (!c->ended)
     kr__conn_goaway(c->conn, KR_CODE_NO_ERROR, "client closing");
 }
+
+/* ------------------------------------------------------- agent listing */
+
+/* Largest listing accepted (about 200,000 agents). */
+#define KR__CLIENT_LIST_MAX ((size_t)64 << 20)
+
+typedef struct client_list {
+  kr_client_list_cb cb;
+  void *ud;
+  char *buf;
+  size_t len, cap;
+  int ok; /* REPLY ":status" 200 seen */
+} client_list;
+
+static void list_end(kr_stream *s, client_list *l, int err) {
+  kr__stream_set_handler(s, NULL);
+  kr_stream_set_user_data(s, NULL);
+  if (err == 0)
+    l->cb(l->buf ? l->buf : "", l->len, 0, l->ud);
+  else
+    l->cb(NULL, 0, err, l->ud);
+  free(l->buf);
+  free(l);
+}
+
+static void l_reply(kr_stream *s, const kr_md *md, size_t n, int fin,
+                    void *ud) {
+  client_list *l = ud;
+  for (size_t i = 0; i < n; i++)
+    if (md[i].name_len == strlen(KR_MD_STATUS) &&
+        memcmp(md[i].name, KR_MD_STATUS, md[i].name_len) == 0 &&
+        md[i].value_len == 3 && memcmp(md[i].value, "200", 3) == 0)
+      l->ok = 1;
+}
+
+static void l_data(kr_stream *s, const uint8_t *p, size_t n, void *ud) {
+  client_list *l = ud;
+  if (l->len + n > KR__CLIENT_LIST_MAX) {
+    kr_stream_reset(s, KR_CODE_CANCEL, "listing too large");
+    return; /* on_close follows */
+  }
+  if (l->len + n + 1 > l->cap) {
+    size_t cap = l->cap ? l->cap : 4096;
+    while (cap < l->len + n + 1)
+      cap *= 2;
+    char *b = realloc(l->buf, cap);
+    if (!b) {
+      kr_stream_reset(s, KR_CODE_CANCEL, "out of memory");
+      return;
+    }
+    l->buf = b;
+    l->cap = cap;
+  }
+  memcpy(l->buf + l->len, p, n);
+  l->len += n;
+  l->buf[l->len] = 0;
+  kr_stream_consume(s, n);
+}
+
+static void l_fin(kr_stream *s, void *ud) {
+  client_list *l = ud;
+  list_end(s, l, l->ok ? 0 : KR_EPROTO);
+}
+
+static void l_close(kr_stream *s, uint32_t code, const uint8_t *reason,
+                    size_t len, void *ud) {
+  client_list *l = ud;
+  int err = kr_error_from_code(code);
+  list_end(s, l, err ? err : KR_ECLOSED);
+}
+
+static const kr__stream_handler list_handler = {l_reply, l_data, l_fin, NULL,
+                                                l_close};
+
+int kr_client_list_agents(kr_client *c, kr_client_list_cb cb, void *ud) {
+  if (!c || !cb)
+    return KR_EINVAL;
+  if (!c->ready || c->ended)
+    return c->ended ? KR_ECLOSED : KR_ESTATE;
+  client_list *l = calloc(1, sizeof(*l));
+  if (!l)
+    return KR_ENOMEM;
+  l->cb = cb;
+  l->ud = ud;
+  kr_md md = {(const uint8_t *)KR_MD_LIST, strlen(KR_MD_LIST),
+              (const uint8_t *)"agents", 6};
+  kr_stream *s;
+  int rc = kr_stream_open(kr__conn_mux(c->conn), &md, 1, 1, l, &s);
+  if (rc < 0) {
+    free(l);
+    return rc;
+  }
+  kr__stream_set_handler(s, &list_handler);
+  kr__conn_kick(c->conn);
+  return 0;
+}

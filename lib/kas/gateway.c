@@ -19,6 +19,7 @@
 #include "kas/cluster.h"
 #include "kas/gateway.h"
 #include "kas/http_auth.h"
+#include "kas/listing.h"
 #include "kas/route.h"
 
 /* Unparsed client input held per connection (pipelined requests, body
@@ -40,12 +41,6 @@
 
 typedef struct gw_conn gw_conn;
 typedef struct gw_req gw_req;
-
-/* Outlives its request while the cluster lists agents (a listing cannot
- * be cancelled): the request clears r on its way out. */
-typedef struct gw_list_ticket {
-  gw_req *r;
-} gw_list_ticket;
 
 typedef enum gw_timer_phase {
   GW_T_NONE,
@@ -78,7 +73,7 @@ struct gw_req {
   int no_body;
   int resp_done;      /* the response is complete */
   size_t owed;        /* bytes received on ts, not yet consumed */
-  gw_list_ticket *list_ticket; /* GET /api/v1/agents in progress */
+  kr__listing *list_ticket; /* GET /api/v1/agents in progress */
   int counted;        /* the response has a content-length we enforce */
   uint64_t body_left; /* its bytes still due */
 };
@@ -127,8 +122,7 @@ static void finish_request(gw_conn *gc);
 static void req_free(gw_req *r) {
   if (!r)
     return;
-  if (r->list_ticket)
-    r->list_ticket->r = NULL;
+  kr__listing_cancel(r->list_ticket);
   kr__route_cancel(r->route);
   if (r->to_agent)
     evbuffer_free(r->to_agent);
@@ -569,82 +563,15 @@ static int authenticate(gw_conn *gc, const char *authz, kr__http_auth_kind kind,
 
 /* ------------------------------------------------- GET /api/v1/agents */
 
-typedef struct local_list {
-  kr_kas *k;
-  json_t *agents;
-  kr_time_us mono_now;
-  uint64_t wall_now_ms;
-} local_list;
-
-static uint64_t wall_ms(kr_time_us mono_since, const local_list *l) {
-  kr_time_us age = l->mono_now > mono_since ? l->mono_now - mono_since : 0;
-  return l->wall_now_ms - age / 1000u;
-}
-
-static int visit_agent(const kr__agent_info *info, void *ud) {
-  local_list *l = ud;
-  kr__tunnel_info t[64];
-  size_t n = kr__registry_agent_tunnels(l->k->reg, info->agent_id, t, 64);
-  if (n > 64)
-    n = 64;
-  json_t *reps = json_array();
-  uint64_t since = UINT64_MAX;
-  for (size_t i = 0; i < n; i++) {
-    uint64_t ms = wall_ms(t[i].connected_since, l);
-    since = ms < since ? ms : since;
-    /* One entry per replica (tunnels are grouped by replica). */
-    if (i > 0 && strcmp(t[i].replica_name, t[i - 1].replica_name) == 0)
-      continue;
-    json_array_append_new(
-        reps, json_pack("{s:s, s:s, s:i, s:I}", "name", t[i].replica_name,
-                        "instance", l->k->name, "connections",
-                        (int)t[i].replica_conns, "connected_since_ms",
-                        (json_int_t)ms));
-  }
-  json_t *inst = json_pack("[{s:s, s:i, s:I}]", "instance", l->k->name,
-                           "connections", (int)info->tunnels,
-                           "connected_since_ms", (json_int_t)since);
-  json_array_append_new(
-      l->agents, json_pack("{s:I, s:i, s:I, s:o, s:o}", "id",
-                           (json_int_t)info->agent_id, "connections",
-                           (int)info->tunnels, "connected_since_ms",
-                           (json_int_t)since, "instances", inst, "replicas",
-                           reps));
-  return 0;
-}
-
-/* This instance's agents, in the cluster listing's format. */
-static char *local_listing(kr_kas *k) {
-  local_list l = {k, json_array(), kr__now_us(), 0};
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  l.wall_now_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-  kr__registry_foreach_agent(k->reg, visit_agent, &l);
-  json_t *doc = json_pack("{s:o, s:b}", "agents", l.agents, "truncated", 0);
-  char *out = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-  json_decref(doc);
-  return out;
-}
-
 static void listed(const char *json, size_t len, int err, void *ud) {
-  gw_list_ticket *tk = ud;
-  gw_req *r = tk->r;
-  free(tk);
-  if (!r)
-    return; /* the client left */
+  gw_req *r = ud;
   r->list_ticket = NULL;
   gw_conn *gc = r->gc;
   enter(gc);
-  if (err < 0 || !json) {
-    char *local = local_listing(gc->k); /* Redis failed meanwhile */
-    if (local)
-      send_json(gc, 200, local, strlen(local));
-    else
-      send_error(gc, 500, "internal", "out of memory");
-    free(local);
-  } else {
+  if (err < 0)
+    send_error(gc, 500, "internal", "cannot list agents");
+  else
     send_json(gc, 200, json, len);
-  }
   if (r->body_done)
     finish_request(gc);
   leave(gc);
@@ -675,24 +602,10 @@ static int list_agents(gw_conn *gc, const kr__http_head *h) {
                       : "listing agents needs credentials for every agent");
     return rc < 0 ? rc : KR_EPERM;
   }
-  if (k->cluster && kr__cluster_is_up(k->cluster)) {
-    gw_list_ticket *tk = malloc(sizeof(*tk));
-    if (tk) {
-      tk->r = r;
-      if (kr__cluster_list(k->cluster, 100000, listed, tk) == 0) {
-        r->list_ticket = tk;
-        return 0;
-      }
-      free(tk);
-    }
-  }
-  char *local = local_listing(k);
-  if (!local) {
+  if (kr__listing_start(k, listed, r, &r->list_ticket) < 0) {
     send_error(gc, 500, "internal", "out of memory");
     return KR_ENOMEM;
   }
-  send_json(gc, 200, local, strlen(local));
-  free(local);
   return 0;
 }
 

@@ -22,6 +22,7 @@
 #include "io/url.h"
 #include "kas/cluster.h"
 #include "kas/gateway.h"
+#include "kas/listing.h"
 #include "kas/peer.h"
 #include "kas/relay.h"
 #include "kas/route.h"
@@ -388,6 +389,14 @@ static void kc_stream(kr__conn *c, kr_stream *s, const kr_md *md, size_t n,
     kr_stream_reset(s, KR_CODE_UNAUTHORIZED, "not authenticated");
     return;
   }
+  const kr_md *list = md_find(md, n, KR_MD_LIST);
+  if (list && kc->kind == KR__LISTEN_API) {
+    if (list->value_len == 6 && memcmp(list->value, "agents", 6) == 0)
+      kr__listing_serve_stream(kc->k, s);
+    else
+      kr_stream_reset(s, KR_CODE_NOT_FOUND, "unknown listing");
+    return;
+  }
   kr__relay_start(kc->k, kc, s, md, n, fin);
 }
 
@@ -625,6 +634,7 @@ void kr_kas_free(kr_kas *k) {
   kr__relay_free_all(k);
   kr__route_free_all(k);
   kr__peers_free_all(k);
+  kr__listing_free_all(k);
   kr__cluster_free(k->cluster);
   k->cluster = NULL;
   free(k->route_cache);

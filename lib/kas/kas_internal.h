@@ -95,6 +95,7 @@ struct kr_kas {
   kr__peer *peers;    /* links to other kas instances */
   kr__cluster *cluster; /* NULL without Redis */
   void *route_cache;     /* route.c: where remote agents were last found */
+  struct kr__listing *listings; /* pending agent listings */
   int cluster_leaving;   /* drain: presence being removed from Redis */
   uint8_t private_secret[256];
   size_t private_secret_len;

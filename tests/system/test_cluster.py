@@ -14,47 +14,59 @@ three:     replicas A, B, C on one Redis; the agent (http service to
            and C reach it byte-exact, `kasctl pipe --kas C` round-trips,
            GET /api/v1/agents on C lists the agent held by kas-a.
 replicas:  agentd r1 on A and r2 on C, each with its own upstream; 200
-           requests through B: both replicas get traffic.
+           requests through B (one keep-alive connection): both replicas
+           get a fair share.
 wakeup:    a request waits on B for an agent that is not connected; the
            agent connects to A; the answer arrives < 100 ms after A's
            agent_connected line (its ts=). Then no polling: Redis
            commands issued during a 3 s wait are counted with 1 and with
-           10 waiting requests and must not grow with the number.
+           10 waiting requests: only heartbeats, as many with 10 as with 1.
 kill9:     requests flow through C to the agent on A; A is killed with
-           SIGKILL; agentd is stopped and started again against B (the
-           single --kas URL of agentd stands in for a load-balancer
-           address); requests through C succeed again within 5 s of the
-           kill, none outlives --route-timeout 3 (plus slack), and A's
-           entry disappears from the listing once its heartbeat expires.
-redis:     redis-server killed with SIGKILL while requests flow: A's own
-           gateway keeps reaching the agent on A; after redis-server
-           restarts on the same port (empty), C -> A works again within
-           a few seconds; every kasd stays up and exits 0.
+           SIGKILL; once agentd saw its tunnels drop it is stopped and
+           started again against B (agentd takes one --kas URL; this
+           stands in for a load-balancer address); requests through C
+           succeed again within 5 s of the kill; every request ends with a
+           status within --route-timeout 3 + 2 s (one in flight at the
+           kill may instead have its body cut); A's entry leaves the
+           listing once its heartbeat expires.
+redis:     redis-server killed with SIGKILL: A's own gateway keeps
+           reaching the agent on A meanwhile; redis-server restarts on the
+           same port (empty); C -> A works again (time measured), a
+           request still waiting on C once both kas are back on Redis is
+           served; agents that connect only then are found (wake-up and
+           lookup); every kasd stays up and exits 0.
 secret:    kasd D with another private secret on the same Redis: a
            request to D for the agent on A fails (502/504) and A logs
            auth_failed kind="peer token".
 hop:       hand-written presence (docs/PRESENCE.md schema, the real
            heartbeats' boot ids) says the agent is on C (read by B) and
            on B (read by C), no agent anywhere: a request to B ends with
-           504 within the route timeout, C serves at most one hop stream
+           504 within the route timeout, C serves exactly one hop stream
            and never forwards it (no peer link from C, no hop at B).
+stale:     the agent on A plus a hand-written live entry of C that C does
+           not hold, weighted to be tried first: C answers the hop stream
+           "not here" and B, the first kas, tries A: the request succeeds.
+moved:     the agent leaves C (which stays up) for A while requests arrive
+           at B every 50 ms: B reaches A within 5 s.
 sentinel:  master + replica + one Sentinel (quorum 1, down-after 1000 ms,
            failover-timeout 3000); A and B with --redis-sentinel; agent
            on A; B -> A works; the master is killed with SIGKILL; after
-           +switch-master B -> A works again (time measured).
+           +switch-master B -> A works again (time measured), and agents
+           that connect only then are found through the new master.
+
+Extra agent ids (FRESH) are in the token table for the cases that need an
+agent no kas has routed to before.
 """
 
 import base64
+import calendar
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
-import traceback
 
 import harness
 from harness import AGENT_ID, TestFailure, check, log, scaled, Pattern
@@ -88,7 +100,6 @@ def log_ts_ms(line):
     m = re.search(r"ts=(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.(\d{3})Z",
                   line)
     check(m, "no ts= in %r" % line)
-    import calendar
     y, mo, d, h, mi, s, ms = (int(x) for x in m.groups())
     return calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0)) * 1000.0 + ms
 

@@ -185,6 +185,50 @@ static void fw_data(kr_stream *s, const uint8_t *p, size_t n, void *ud) {
   kr_stream_consume(s, n);
 }
 
+/* kr_client_list_agents(): the agents this (single) kas holds. */
+static char list_json[4096];
+static volatile int list_done;
+static int list_err;
+
+static void listed_cb(const char *json, size_t len, int err, void *ud) {
+  list_err = err;
+  snprintf(list_json, sizeof(list_json), "%.*s", (int)len, json ? json : "");
+  list_done = 1;
+}
+
+static void list_state(kr_client *c, int err, const char *why, void *ud) {
+  if (err == 0)
+    ck_assert_int_eq(kr_client_list_agents(c, listed_cb, NULL), 0);
+}
+
+START_TEST(list_agents) {
+  kr_agent *a = th_agent(&env, agent_url, NULL, th_echo_server(&env), NULL, 1);
+  ck_assert(th_run_cond(&env, agent_registered, NULL, 5000));
+  char *tok = th_api_token(&env);
+  kr_client_options *o;
+  kr_client_options_new(&o);
+  kr_client_options_set_url(o, api_url);
+  kr_client_options_set_token(o, tok, strlen(tok));
+  kr_client *c;
+  char err[256];
+  list_done = 0;
+  ck_assert_int_eq(kr_client_new(&c, env.base, o, NULL, list_state, NULL, err,
+                                 sizeof(err)),
+                   0);
+  kr_client_options_free(o);
+  ck_assert_msg(th_run_until(&env, &list_done, 5000), "no listing");
+  ck_assert_int_eq(list_err, 0);
+  char want[64];
+  snprintf(want, sizeof(want), "{\"id\":%d,", TH_AGENT_ID);
+  ck_assert_msg(strstr(list_json, want) != NULL, "listing: %s", list_json);
+  ck_assert_msg(strstr(list_json, "\"truncated\":false") != NULL, "listing: %s",
+                list_json);
+  kr_client_free(c);
+  kr_agent_free(a);
+  free(tok);
+}
+END_TEST
+
 START_TEST(client_freed_inside_on_writable) {
   kr_agent *a = th_agent(&env, agent_url, NULL, th_echo_server(&env), NULL, 1);
   ck_assert(th_run_cond(&env, agent_registered, NULL, 5000));
@@ -226,6 +270,7 @@ int main(void) {
   tcase_add_test(tc, bad_agent_token);
   tcase_add_test(tc, failing_agents_throttled_api_unaffected);
   tcase_add_test(tc, client_freed_inside_on_writable);
+  tcase_add_test(tc, list_agents);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

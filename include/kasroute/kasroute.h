@@ -3,6 +3,7 @@
 #define KASROUTE_KASROUTE_H
 
 #include <kasroute/agent.h>
+#include <kasroute/blocking.h>
 #include <kasroute/client.h>
 #include <kasroute/common.h>
 #include <kasroute/error.h>

@@ -488,7 +488,7 @@ static void on_closed(kr__conn *c, int err, const char *why, void *ud) {
 }
 
 static const kr__conn_cbs agent_conn_cbs = {on_ready, on_stream, on_goaway,
-                                            on_closed};
+                                            on_closed, NULL};
 
 static void dial(agent_slot *slot) {
   kr_agent *a = slot->a;

@@ -167,7 +167,7 @@ static void cc_closed(kr__conn *conn, int err, const char *why, void *ud) {
 }
 
 static const kr__conn_cbs client_conn_cbs = {cc_ready, NULL, cc_goaway,
-                                             cc_closed};
+                                             cc_closed, NULL};
 
 int kr_client_new(kr_client **out, struct event_base *base,
                   const kr_client_options *o,

@@ -265,6 +265,12 @@ static void m_goaway(kr_mux *m, int remote, uint32_t code, const uint8_t *r,
     c->cb.on_goaway(c, code, r, rl, c->ud);
 }
 
+static void m_ping(kr_mux *m, kr_time_us rtt, void *ud) {
+  kr__conn *c = ud;
+  if (c->cb.on_ping && !c->free_pending)
+    c->cb.on_ping(c, rtt, c->ud);
+}
+
 /* Any write on any stream of this conn schedules one pump. */
 static void output_hook(kr_mux *m, void *ud) { kr__conn_kick(ud); }
 
@@ -299,6 +305,7 @@ int kr__conn_new(struct event_base *base, kr__transport *t, int transport_open,
   kr_mux_callbacks_set_on_writable(mc, m_writable);
   kr_mux_callbacks_set_on_close(mc, m_close);
   kr_mux_callbacks_set_on_goaway(mc, m_goaway);
+  kr_mux_callbacks_set_on_ping(mc, m_ping);
   rc = kr_mux_new(&c->mux, opt, mc, kr__now_us(), c);
   kr_mux_callbacks_free(mc);
   if (rc < 0)

@@ -44,6 +44,8 @@ typedef struct kr__conn_cbs {
   /* The connection is over; every stream got on_close before. err 0 for a
    * clean end. The owner frees the conn (here or later). */
   void (*on_closed)(kr__conn *c, int err, const char *why, void *ud);
+  /* Optional: a PING this side sent was answered (rtt in microseconds). */
+  void (*on_ping)(kr__conn *c, kr_time_us rtt, void *ud);
 } kr__conn_cbs;
 
 /* Monotonic clock in microseconds. */

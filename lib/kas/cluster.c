@@ -102,6 +102,7 @@ struct kr__cluster {
   size_t ints_cap;
   int depth, freed;
   unsigned sub_ups;
+  unsigned cmd_ups; /* command link connections so far */
   int resync; /* a write could not be queued: rewrite everything */
   uint64_t write_errs, bad_wakes;
   int shutting, shut_more, shut_fired;
@@ -614,6 +615,10 @@ static void on_state(kr__redis *rd, kr__redis_event ev, int err,
       kr__presence_set_connected(c->p, 1, now_ms());
       c->resync = 0; /* connecting rewrites everything */
       arm(c, 0);
+      /* Lookups skipped while the command link was down can run now (the
+       * pub/sub link may have come back first). */
+      if (c->cmd_ups++ > 0 && c->cbs.on_resync)
+        c->cbs.on_resync(c->ud);
       break;
     case KR__REDIS_DOWN:
       kr__presence_set_connected(c->p, 0, now_ms());

@@ -74,6 +74,9 @@ struct gw_req {
   int resp_done;      /* the response is complete */
   size_t owed;        /* bytes received on ts, not yet consumed */
   kr__listing *list_ticket; /* GET /api/v1/agents in progress */
+  kr__mdlist md;      /* a body-less request's metadata, until its reply */
+  int retried;        /* re-routed once after a peer said "not here" */
+  kr_time_us deadline; /* when routing gives up (kept for the retry) */
   int counted;        /* the response has a content-length we enforce */
   uint64_t body_left; /* its bytes still due */
 };
@@ -123,6 +126,7 @@ static void req_free(gw_req *r) {
   if (!r)
     return;
   kr__listing_cancel(r->list_ticket);
+  kr__mdlist_free(&r->md);
   kr__route_cancel(r->route);
   if (r->to_agent)
     evbuffer_free(r->to_agent);
@@ -765,9 +769,14 @@ static int start_request(gw_conn *gc, const kr__http_head *h) {
   r->is_head = h->is_head;
   r->http10 = h->http_major == 1 && h->http_minor == 0;
   k->stats[KR_KAS_STAT_HTTP_REQUESTS]++;
-  rc = kr__route_start(k, agent, md.md, md.n, r->open_fin, 0, &tunnel_handler,
-                       r, routed, &r->route);
-  kr__mdlist_free(&md);
+  r->deadline = kr__now_us() + k->opt.route_timeout;
+  rc = kr__route_start_until(k, agent, md.md, md.n, r->open_fin, 0,
+                             r->deadline, &tunnel_handler, r, routed,
+                             &r->route);
+  if (r->open_fin && rc == 0)
+    r->md = md; /* kept for one retry through another instance */
+  else
+    kr__mdlist_free(&md);
   if (rc < 0) {
     send_error(gc, 500, "internal", "out of memory");
     return rc;
@@ -1049,6 +1058,7 @@ static void t_reply(kr_stream *s, const kr_md *md, size_t n, int fin,
     goto out;
   }
   r->replied = 1;
+  kr__mdlist_free(&r->md); /* no retry after an answer */
   send_bytes(gc, b.p, b.len);
   kr__strbuf_free(&b);
   if (upgrade) {
@@ -1123,9 +1133,27 @@ static void t_close(kr_stream *s, uint32_t code, const uint8_t *reason,
   gw_conn *gc = r->gc;
   enter(gc);
   r->ts = NULL;
+  kas_conn *ac = r->ac;
   if (r->routed) {
     r->routed = 0;
-    kr__route_done(gc->k, r->ac);
+    kr__route_done(gc->k, ac);
+  }
+  if (!r->replied && ac && ac->kind == KR__LISTEN_PRIVATE &&
+      (code == KR_CODE_UNAVAILABLE || code == KR_CODE_REFUSED)) {
+    /* The instance presence named does not hold the agent (any more), or
+     * refused the stream before processing it: forget it, and route a
+     * body-less request once more (a fresh lookup). */
+    kr__route_forget(gc->k, r->agent, ac->peer);
+    if (!r->retried && r->md.n > 0 && !gc->upgraded) {
+      r->retried = 1;
+      r->ac = NULL;
+      if (kr__route_start_until(gc->k, r->agent, r->md.md, r->md.n, 1, 0,
+                                r->deadline, &tunnel_handler, r, routed,
+                                &r->route) == 0) {
+        leave(gc);
+        return;
+      }
+    }
   }
   if (code != KR_CODE_NO_ERROR || !r->resp_done) {
     char why[KR_MAX_REASON + 1];
@@ -1140,6 +1168,8 @@ static void t_close(kr_stream *s, uint32_t code, const uint8_t *reason,
       gc->closing = 1;
       flush(gc);
     } else {
+      if (ac && ac->kind == KR__LISTEN_PRIVATE && code == KR_CODE_INTERNAL)
+        code = KR_CODE_UPSTREAM; /* the link to the other instance broke */
       send_stream_error(gc, code, why[0] ? why : "stream ended");
       if (r->body_done)
         finish_request(gc);

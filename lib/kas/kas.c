@@ -274,7 +274,7 @@ static void refuse(kas_conn *kc, const char *what, const char *reason) {
                        kr__now_us());
   char q[160], msg[200];
   snprintf(msg, sizeof(msg), "%s refused: %s", what, reason);
-  kr__log(KR_LOG_WARN, "auth_failed", "kas=%s peer=%s kind=%s reason=%s",
+  kr__log(KR_LOG_WARN, "auth_failed", "kas=%s peer=%s kind=\"%s\" reason=%s",
           k->name, kc->peer, what,
           kr__log_quote(q, sizeof(q), reason, strlen(reason)));
   kr__conn_goaway(kc->conn, KR_CODE_UNAUTHORIZED, msg);
@@ -412,7 +412,7 @@ static void kc_goaway(kr__conn *c, uint32_t code, const uint8_t *r, size_t rl,
 }
 
 static const kr__conn_cbs kas_conn_cbs = {kc_ready, kc_stream, kc_goaway,
-                                          kc_closed};
+                                          kc_closed, NULL};
 
 /* A listener accepted a transport. */
 static void on_accept(kr__listener *l, kr__transport *t, int open,

@@ -155,8 +155,21 @@ static void ev_cb(evutil_socket_t fd, short what, void *arg) {
 
 /* ------------------------------------------------------ conn callbacks */
 
+/* The handshake is done, but the peer checks our token only when our
+ * HELLO arrives, and refuses with a GOAWAY. A PING sent now is answered
+ * after that GOAWAY would have been sent: streams wait for the answer, so a
+ * refused link fails them before any was opened (and the router tries its
+ * next candidate). */
 static void pc_ready(kr__conn *c, const kr_md *md, size_t n, void *ud) {
   kr__peer *p = ud;
+  kr_mux_ping(kr__conn_mux(c), kr__now_us());
+  kr__conn_kick(c);
+}
+
+static void pc_ping(kr__conn *c, kr_time_us rtt, void *ud) {
+  kr__peer *p = ud;
+  if (p->ready || p->going)
+    return;
   p->ready = 1;
   kr__log(KR_LOG_INFO, "peer_connected", "kas=%s peer=%s", p->k->name, p->url);
   deliver(p);
@@ -175,7 +188,10 @@ static void pc_goaway(kr__conn *c, uint32_t code, const uint8_t *r, size_t rl,
   p->going = 1; /* stays listed (for kr__peers_free_all) until closed */
   char why[KR_MAX_REASON + 1];
   snprintf(why, sizeof(why), "peer going away: %.*s", (int)rl, (const char *)r);
-  fail_pending(p, KR_EGOAWAY, why);
+  if (code == KR_CODE_UNAUTHORIZED)
+    kr__log(KR_LOG_ERROR, "peer_refused", "kas=%s peer=%s (check that both "
+            "use the same private secret)", p->k->name, p->url);
+  fail_pending(p, code == KR_CODE_UNAUTHORIZED ? KR_EAUTH : KR_EGOAWAY, why);
 }
 
 static void pc_closed(kr__conn *c, int err, const char *why, void *ud) {
@@ -192,7 +208,7 @@ static void pc_closed(kr__conn *c, int err, const char *why, void *ud) {
 }
 
 static const kr__conn_cbs peer_conn_cbs = {pc_ready, pc_stream, pc_goaway,
-                                           pc_closed};
+                                           pc_closed, pc_ping};
 
 /* Dials a new link to url. 0 or an error (nothing left behind). */
 static int peer_new(kr_kas *k, const char *url, kr__peer **out) {

@@ -292,6 +292,9 @@ static void a_close(kr_stream *s, uint32_t code, const uint8_t *reason,
                     size_t len, void *ud) {
   kr__relay *r = ud;
   r->as = NULL;
+  if (r->ac && r->ac->kind == KR__LISTEN_PRIVATE &&
+      (code == KR_CODE_UNAVAILABLE || code == KR_CODE_REFUSED))
+    kr__route_forget(r->k, r->agent_id, r->ac->peer); /* stale candidate */
   if (code != KR_CODE_NO_ERROR) {
     char why[KR_MAX_REASON + 1];
     snprintf(why, sizeof(why), "%.*s", (int)len, (const char *)reason);

@@ -19,19 +19,23 @@
 /* Other instances tried per lookup, best first. */
 #define KR__ROUTE_MAX_CANDIDATES 8
 /* Where an agent was last found through the cluster is remembered this
- * long, so that a busy remote agent costs one Redis lookup per period,
- * not one per request. A wrong guess costs one failed peer open. */
+ * long (from the lookup, not renewed by use), so that a busy remote agent
+ * costs one Redis lookup per period, not one per request. Every candidate
+ * of the lookup is kept and requests are spread over them (replicas on
+ * several instances all get traffic). A peer that failed, or answered
+ * "not here", is dropped at once. */
 #define KR__ROUTE_CACHE_US 2000000u
 #define KR__ROUTE_CACHE_SLOTS 1024u
+#define KR__ROUTE_CACHE_URLS 4
 
 typedef struct route_cache_slot {
   int64_t agent;
   kr_time_us until;
-  char url[256];
+  unsigned n, next;
+  char url[KR__ROUTE_CACHE_URLS][256];
 } route_cache_slot;
 
-/* One direct-mapped table for all kas objects of the process would mix
- * instances; it hangs off the kas instead (allocated on first use). */
+/* A direct-mapped table per kas (allocated on first use). */
 static route_cache_slot *cache_slot(kr_kas *k, int64_t agent) {
   if (!k->route_cache &&
       !(k->route_cache = calloc(KR__ROUTE_CACHE_SLOTS, sizeof(route_cache_slot))))
@@ -40,26 +44,53 @@ static route_cache_slot *cache_slot(kr_kas *k, int64_t agent) {
   return &c[(uint64_t)agent % KR__ROUTE_CACHE_SLOTS];
 }
 
-static void cache_put(kr_kas *k, int64_t agent, const char *url) {
+/* Starts a fresh entry for agent (drops what another agent had there). */
+static route_cache_slot *cache_reset(kr_kas *k, int64_t agent) {
   route_cache_slot *c = cache_slot(k, agent);
-  if (!c || strlen(url) >= sizeof(c->url))
-    return;
+  if (!c)
+    return NULL;
   c->agent = agent;
   c->until = kr__now_us() + KR__ROUTE_CACHE_US;
-  snprintf(c->url, sizeof(c->url), "%s", url);
+  c->n = c->next = 0;
+  return c;
 }
 
+static void cache_add(route_cache_slot *c, const char *url) {
+  if (!c || strlen(url) >= sizeof(c->url[0]) || c->n == KR__ROUTE_CACHE_URLS)
+    return;
+  for (unsigned i = 0; i < c->n; i++)
+    if (strcmp(c->url[i], url) == 0)
+      return;
+  snprintf(c->url[c->n++], sizeof(c->url[0]), "%s", url);
+}
+
+/* A candidate for agent, taken in turn, or NULL. */
 static const char *cache_get(kr_kas *k, int64_t agent) {
   route_cache_slot *c = cache_slot(k, agent);
-  if (!c || c->agent != agent || c->until < kr__now_us())
+  if (!c || c->agent != agent || c->n == 0 || c->until < kr__now_us())
     return NULL;
-  return c->url;
+  return c->url[c->next++ % c->n];
 }
 
-static void cache_drop(kr_kas *k, int64_t agent) {
+/* url (NULL: every URL) is no good for agent any more. */
+static void cache_drop(kr_kas *k, int64_t agent, const char *url) {
   route_cache_slot *c = cache_slot(k, agent);
-  if (c && c->agent == agent)
-    c->agent = 0;
+  if (!c || c->agent != agent)
+    return;
+  if (!url) {
+    c->n = 0;
+    return;
+  }
+  for (unsigned i = 0; i < c->n; i++)
+    if (strcmp(c->url[i], url) == 0) {
+      memmove(c->url[i], c->url[i + 1], (c->n - i - 1) * sizeof(c->url[0]));
+      c->n--;
+      return;
+    }
+}
+
+void kr__route_forget(kr_kas *k, int64_t agent, const char *url) {
+  cache_drop(k, agent, url);
 }
 
 struct kr__route {
@@ -188,7 +219,6 @@ static void peer_cb(kr_stream *s, kas_conn *pc, int err, const char *why,
   kr_kas *k = r->k;
   r->peer_open = NULL;
   if (s) {
-    cache_put(k, r->agent, r->tried);
     k->stats[KR_KAS_STAT_STREAMS_ROUTED]++;
     k->stats[KR_KAS_STAT_ROUTED_PEER]++;
     k->stats[KR_KAS_STAT_STREAMS_ACTIVE]++;
@@ -196,7 +226,7 @@ static void peer_cb(kr_stream *s, kas_conn *pc, int err, const char *why,
     return;
   }
   char q[300];
-  cache_drop(k, r->agent);
+  cache_drop(k, r->agent, r->tried);
   k->stats[KR_KAS_STAT_ROUTE_RETRIES]++;
   kr__log(KR_LOG_INFO, "route_peer_failed", "kas=%s agent=%" PRId64 " why=%s",
           k->name, r->agent, kr__log_quote(q, sizeof(q), why, strlen(why)));
@@ -261,8 +291,11 @@ static void lookup_cb(const kr__presence_candidate *c, size_t n, int err,
                       void *ud) {
   kr__route *r = ud;
   r->lookup = NULL;
-  for (size_t i = 0; i < n; i++)
+  route_cache_slot *cs = n ? cache_reset(r->k, r->agent) : NULL;
+  for (size_t i = 0; i < n; i++) {
     add_cand(r, c[i].url, 0);
+    cache_add(cs, c[i].url);
+  }
   try_peers(r);
 }
 
@@ -311,6 +344,12 @@ static void try_route(kr__route *r) {
 }
 
 void kr__route_wake(kr_kas *k, int64_t agent, const char *url) {
+  if (url && *url) {
+    route_cache_slot *c = cache_slot(k, agent);
+    if (c && (c->agent != agent || c->until < kr__now_us()))
+      c = cache_reset(k, agent);
+    cache_add(c, url);
+  }
   for (kr__route *r = k->routes; r; r = r->next)
     if (r->agent == agent && !r->hop && url && *url) {
       add_cand(r, url, 1);
@@ -320,8 +359,10 @@ void kr__route_wake(kr_kas *k, int64_t agent, const char *url) {
 }
 
 void kr__route_resync(kr_kas *k) {
-  for (kr__route *r = k->routes; r; r = r->next)
+  for (kr__route *r = k->routes; r; r = r->next) {
+    r->lookups = 0; /* news may have been missed: look again */
     start_lookup(r);
+  }
 }
 
 /* Copies md[0..n) into one allocation. */
@@ -350,6 +391,17 @@ static kr_md *copy_md(const kr_md *md, size_t n) {
 int kr__route_start(kr_kas *k, int64_t agent, const kr_md *md, size_t n,
                     int fin, int hop, const kr__stream_handler *h, void *ud,
                     kr__route_cb cb, kr__route **out) {
+  kr_time_us wait = k->opt.route_timeout;
+  if (hop && k->opt.hop_wait < wait)
+    wait = k->opt.hop_wait;
+  return kr__route_start_until(k, agent, md, n, fin, hop, kr__now_us() + wait,
+                               h, ud, cb, out);
+}
+
+int kr__route_start_until(kr_kas *k, int64_t agent, const kr_md *md, size_t n,
+                          int fin, int hop, kr_time_us deadline,
+                          const kr__stream_handler *h, void *ud,
+                          kr__route_cb cb, kr__route **out) {
   kr__route *r = calloc(1, sizeof(*r));
   if (!r || !(r->md = copy_md(md, n))) {
     free(r);
@@ -361,10 +413,7 @@ int kr__route_start(kr_kas *k, int64_t agent, const kr_md *md, size_t n,
   r->md_n = n;
   r->fin = fin;
   r->hop = hop;
-  kr_time_us wait = k->opt.route_timeout;
-  if (hop && k->opt.hop_wait < wait)
-    wait = k->opt.hop_wait;
-  r->deadline = kr__now_us() + wait;
+  r->deadline = deadline;
   r->h = h;
   r->ud = ud;
   r->cb = cb;

@@ -42,9 +42,20 @@ int kr__route_start(kr_kas *k, int64_t agent, const kr_md *md, size_t n,
                     int fin, int hop, const kr__stream_handler *h, void *ud,
                     kr__route_cb cb, kr__route **out);
 
+/* kr__route_start() with an absolute deadline (kr__now_us() clock), for a
+ * request routed again that must not wait longer than it was promised. */
+int kr__route_start_until(kr_kas *k, int64_t agent, const kr_md *md, size_t n,
+                          int fin, int hop, kr_time_us deadline,
+                          const kr__stream_handler *h, void *ud,
+                          kr__route_cb cb, kr__route **out);
+
 /* The cluster's wake-up: agent's first tunnel registered at the instance
  * reachable at url. Waiting routes for agent try it at once. */
 void kr__route_wake(kr_kas *k, int64_t agent, const char *url);
+
+/* The peer at url (NULL: every peer) answered a routed stream for agent
+ * with "not connected here", or failed: forget it as a candidate. */
+void kr__route_forget(kr_kas *k, int64_t agent, const char *url);
 
 /* Wake-ups may have been missed (Redis came back): waiting routes look
  * the agent up again. */

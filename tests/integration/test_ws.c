@@ -716,7 +716,7 @@ END_TEST
 /* An agent may present its token only as "Authorization: Bearer" on the
  * upgrade, with no ":token" in its HELLO: kas takes it from there. */
 static void bare_closed(kr__conn *c, int err, const char *why, void *ud) {}
-static const kr__conn_cbs bare_cbs = {NULL, NULL, NULL, bare_closed};
+static const kr__conn_cbs bare_cbs = {NULL, NULL, NULL, bare_closed, NULL};
 
 static void bearer_case(const char *token, int expect_registered) {
   kr__ws_ctx *x;

@@ -29,7 +29,7 @@ def setup(env):
     kas = env.start_kasd(tokens, route_timeout=1)
     bad = env.start_agentd(kas, wrong_file, {"echo": echo}, connections=2,
                            name="bad", wait=False)
-    kas.proc.wait_log(r"event=auth_failed [^\n]*kind=agent token", 1,
+    kas.proc.wait_log(r'event=auth_failed [^\n]*kind="agent token"', 1,
                       scaled(10))
     bad.wait_log(r"event=goaway_received [^\n]*code=UNAUTHORIZED", 1,
                  scaled(10))

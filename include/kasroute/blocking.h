@@ -1,0 +1,146 @@
+/* libkasroute — the blocking client, for foreign-language callers (the
+ * Ruby binding) and threaded programs.
+ *
+ * A kr_bclient runs its own libevent loop on a thread the library owns and
+ * holds one multiplexed connection to a kas API listener (see
+ * kasroute/client.h). Its calls block the calling thread until done or
+ * until their timeout, and may be made from any number of threads at
+ * once: every object here is thread-safe, except that one kr_bstream /
+ * kr_bhttp_response must not be used by two threads at the same time.
+ * No callback ever runs on a caller's thread; no call here runs user code.
+ *
+ * The connection is made at kr_bclient_new() and re-made on demand after
+ * it failed (the next call dials again). Timeouts are relative, in
+ * microseconds; 0 means the client's default (kr_bclient_options_set_timeout).
+ *
+ * Errors (negative kr_error codes): KR_ETIMEDOUT (the call's timeout
+ * passed; a stream's state is unchanged and the call may be retried),
+ * KR_ENOTCONN (the agent is not connected to kas before its route
+ * deadline), KR_ENOSERVICE (unknown service), KR_EAUTH (kas refused the
+ * credentials), KR_EUPSTREAM (the service behind the agent failed),
+ * KR_EIO / KR_ETLS (connecting to kas failed), KR_ERESET (the stream was
+ * reset), KR_ECLOSED (closed), KR_EPROTO, KR_EINVAL, KR_ENOMEM. A
+ * human-readable reason for the last error of the calling thread is in
+ * kr_bclient_last_error().
+ *
+ * Fork: a kr_bclient must not be used in a child process; the child makes
+ * its own (the parent's thread does not exist there). kr_bclient_free() in
+ * a child releases nothing the parent still uses.
+ */
+#ifndef KASROUTE_BLOCKING_H
+#define KASROUTE_BLOCKING_H
+
+#include <kasroute/common.h>
+#include <kasroute/mux.h>
+
+KR_BEGIN_DECLS
+
+typedef struct kr_bclient kr_bclient;
+typedef struct kr_bclient_options kr_bclient_options;
+typedef struct kr_bstream kr_bstream;
+typedef struct kr_bhttp_response kr_bhttp_response;
+
+/* ---------------------------------------------------------------- options */
+
+KR_API int kr_bclient_options_new(kr_bclient_options **out);
+KR_API void kr_bclient_options_free(kr_bclient_options *o);
+/* kas API listener: tcp://, tls://, ws:// or wss://. Required. KR_EADDR. */
+KR_API int kr_bclient_options_set_url(kr_bclient_options *o, const char *url);
+/* A JWT to present as is (copied, up to 8 KiB), or ... */
+KR_API int kr_bclient_options_set_token(kr_bclient_options *o, const char *jwt,
+                                        size_t len);
+/* ... the API secret (>= 32 bytes, copied): the client mints short-lived
+ * HS256 JWTs (audience "gitlab-kas", 5 minutes) for each connection. */
+KR_API int kr_bclient_options_set_secret(kr_bclient_options *o,
+                                         const uint8_t *secret, size_t len);
+/* CA bundle for tls:// and wss:// (default: the system store), and
+ * verification (default on; off for tests only). */
+KR_API int kr_bclient_options_set_tls_ca_file(kr_bclient_options *o,
+                                              const char *path);
+KR_API int kr_bclient_options_set_tls_verify(kr_bclient_options *o, int verify);
+/* Default timeout of every blocking call (default 30 s). KR_EINVAL for 0. */
+KR_API int kr_bclient_options_set_timeout(kr_bclient_options *o,
+                                          kr_time_us timeout);
+
+/* ----------------------------------------------------------------- client */
+
+/* Starts the loop thread and connects. Returns at once: 0, KR_ECONFIG (URL
+ * or credentials missing; reason in err), KR_ETLS (CA file), KR_ENOMEM,
+ * KR_EIO (thread). o is copied. */
+KR_API int kr_bclient_new(kr_bclient **out, const kr_bclient_options *o,
+                          char *err, size_t errlen);
+
+/* Stops the thread, closes the connection (open streams and responses are
+ * reset; their later calls return KR_ECLOSED until freed) and frees the
+ * client. Streams and responses stay valid objects until their own free.
+ * NULL is a no-op. Must not be called concurrently with other calls on
+ * the same client. */
+KR_API void kr_bclient_free(kr_bclient *c);
+
+/* The reason for the calling thread's last failed call on any bclient
+ * ("" if none). Valid until that thread's next call. */
+KR_API const char *kr_bclient_last_error(void);
+
+/* ---------------------------------------------------------------- streams */
+
+/* Opens a stream to (agent, service) with optional extra metadata (copied)
+ * and waits for the agent's answer (its REPLY). */
+KR_API int kr_bclient_open(kr_bclient *c, int64_t agent, const char *service,
+                           const kr_md *extra, size_t n, kr_time_us timeout,
+                           kr_bstream **out);
+
+/* Writes all len bytes (blocking while the stream's window is closed).
+ * Returns len, or an error (some bytes may have been sent: the stream is
+ * then unusable for writing). */
+KR_API int64_t kr_bstream_write(kr_bstream *s, const void *buf, size_t len,
+                                kr_time_us timeout);
+
+/* Reads up to cap bytes, waiting for at least one. Returns the count,
+ * 0 at the end of the stream (the agent half-closed), or an error
+ * (KR_ETIMEDOUT: nothing arrived in time; the stream is still usable). */
+KR_API int64_t kr_bstream_read(kr_bstream *s, void *buf, size_t cap,
+                               kr_time_us timeout);
+
+/* Half-closes the sending direction (FIN after what was written). */
+KR_API int kr_bstream_close_write(kr_bstream *s);
+
+/* Resets the stream if it is still open, and frees it. NULL is a no-op. */
+KR_API void kr_bstream_free(kr_bstream *s);
+
+/* ------------------------------------------------------------------- HTTP */
+
+/* Makes an HTTP request to an agent's http/https/kubernetes service
+ * (docs/PROTOCOL.md "HTTP"): method, path (origin form, with query),
+ * header fields (names are sent lower-cased; hop-by-hop fields are
+ * dropped), and a body (NULL/0: none). Blocks until the response head
+ * arrives; the body is then read with kr_bhttp_response_read(). */
+KR_API int kr_bclient_http_request(kr_bclient *c, int64_t agent,
+                                   const char *service, const char *method,
+                                   const char *path, const kr_md *headers,
+                                   size_t n_headers, const void *body,
+                                   size_t body_len, kr_time_us timeout,
+                                   kr_bhttp_response **out);
+
+KR_API int kr_bhttp_response_status(const kr_bhttp_response *r);
+KR_API size_t kr_bhttp_response_header_count(const kr_bhttp_response *r);
+/* The i-th response header (lower-case name); pointers valid until the
+ * response is freed. KR_EINVAL past the end. */
+KR_API int kr_bhttp_response_header(const kr_bhttp_response *r, size_t i,
+                                    const char **name, size_t *name_len,
+                                    const char **value, size_t *value_len);
+/* Reads body bytes as kr_bstream_read() does (0 at the end of the body). */
+KR_API int64_t kr_bhttp_response_read(kr_bhttp_response *r, void *buf,
+                                      size_t cap, kr_time_us timeout);
+KR_API void kr_bhttp_response_free(kr_bhttp_response *r);
+
+/* ----------------------------------------------------------------- agents */
+
+/* The connected agents as JSON (see kr_client_list_agents()). *json is
+ * NUL-terminated and released with kr_bclient_free_string(). */
+KR_API int kr_bclient_list_agents(kr_bclient *c, kr_time_us timeout,
+                                  char **json, size_t *len);
+KR_API void kr_bclient_free_string(char *s);
+
+KR_END_DECLS
+
+#endif

@@ -6,6 +6,7 @@
 
 #include <kasroute/error.h>
 
+#include "core/md_dup.h"
 #include "core/mux_internal.h"
 #include "io/log.h"
 #include "kas/cluster.h"
@@ -31,6 +32,11 @@
 typedef struct route_cache_slot {
   int64_t agent;
   kr_time_us until;
+  /* A lookup of pending_agent is in flight until its answer (or until
+   * pending_until at the latest): requests for it wait for that answer
+   * instead of asking Redis too. */
+  int64_t pending_agent;
+  kr_time_us pending_until;
   unsigned n, next;
   char url[KR__ROUTE_CACHE_URLS][256];
 } route_cache_slot;
@@ -126,6 +132,8 @@ static void unlink_route(kr__route *r) {
   r->prev = r->next = NULL;
 }
 
+static void start_lookup(kr__route *r);
+
 static void clear_cands(kr__route *r) {
   for (size_t i = 0; i < r->n_cands; i++)
     free(r->cands[i]);
@@ -136,11 +144,26 @@ static void route_free(kr__route *r) {
   unlink_route(r);
   if (r->waiter)
     kr__registry_cancel(r->waiter);
+  if (r->lookup) {
+    /* Waiting requests of the agent must not wait for an answer that will
+     * not come: the next one asks Redis itself. */
+    route_cache_slot *cs = cache_slot(r->k, r->agent);
+    if (cs && cs->pending_agent == r->agent)
+      cs->pending_agent = 0;
+  }
   kr__cluster_lookup_cancel(r->lookup);
   kr__peer_open_cancel(r->peer_open);
   clear_cands(r);
   free(r->md);
+  int64_t agent = r->lookup ? r->agent : 0;
+  kr_kas *k = r->k;
   free(r);
+  if (agent && !k->freeing && !k->draining) /* another waiting request asks */
+    for (kr__route *q = k->routes; q; q = q->next)
+      if (q->agent == agent && !q->lookup && !q->peer_open) {
+        start_lookup(q);
+        break;
+      }
 }
 
 /* Ends the route with its outcome: the object is freed before the
@@ -290,13 +313,24 @@ static void add_cand(kr__route *r, const char *url, int front) {
 static void lookup_cb(const kr__presence_candidate *c, size_t n, int err,
                       void *ud) {
   kr__route *r = ud;
+  kr_kas *k = r->k;
+  int64_t agent = r->agent;
   r->lookup = NULL;
-  route_cache_slot *cs = n ? cache_reset(r->k, r->agent) : NULL;
-  for (size_t i = 0; i < n; i++) {
-    add_cand(r, c[i].url, 0);
+  route_cache_slot *cs = cache_slot(k, agent);
+  if (cs && cs->pending_agent == agent)
+    cs->pending_agent = 0;
+  cs = n ? cache_reset(k, agent) : NULL;
+  for (size_t i = 0; i < n; i++)
     cache_add(cs, c[i].url);
+  /* Every request waiting for this agent gets the answer: while this
+   * lookup ran, the others did not ask Redis themselves. */
+  for (kr__route *q = k->routes; q; q = q->next) {
+    if (q->agent != agent || q->hop || q->peer_open || q->lookup)
+      continue;
+    for (size_t i = 0; i < n; i++)
+      add_cand(q, c[i].url, 0);
+    try_peers(q);
   }
-  try_peers(r);
 }
 
 /* Looks the agent up in the cluster (unless one is running, or a peer
@@ -317,8 +351,16 @@ static void start_lookup(kr__route *r) {
    * not turn into a stream of Redis commands; wake-ups still arrive. */
   if (!kr__cluster_is_up(k->cluster) || r->lookups >= 2)
     return;
+  route_cache_slot *cs = cache_slot(k, r->agent);
+  kr_time_us now = kr__now_us();
+  if (cs && cs->pending_agent == r->agent && cs->pending_until > now)
+    return; /* lookup_cb of that lookup serves this request too */
   r->lookups++;
-  kr__cluster_lookup(k->cluster, r->agent, lookup_cb, r, &r->lookup);
+  if (kr__cluster_lookup(k->cluster, r->agent, lookup_cb, r, &r->lookup) == 0 &&
+      cs) {
+    cs->pending_agent = r->agent;
+    cs->pending_until = now + KR__ROUTE_CACHE_US;
+  }
 }
 
 static void try_route(kr__route *r) {
@@ -365,29 +407,6 @@ void kr__route_resync(kr_kas *k) {
   }
 }
 
-/* Copies md[0..n) into one allocation. */
-static kr_md *copy_md(const kr_md *md, size_t n) {
-  size_t bytes = n * sizeof(kr_md);
-  for (size_t i = 0; i < n; i++)
-    bytes += md[i].name_len + md[i].value_len;
-  kr_md *out = malloc(bytes ? bytes : 1);
-  if (!out)
-    return NULL;
-  uint8_t *p = (uint8_t *)(out + n);
-  for (size_t i = 0; i < n; i++) {
-    memcpy(p, md[i].name, md[i].name_len);
-    out[i].name = p;
-    out[i].name_len = md[i].name_len;
-    p += md[i].name_len;
-    if (md[i].value_len)
-      memcpy(p, md[i].value, md[i].value_len);
-    out[i].value = p;
-    out[i].value_len = md[i].value_len;
-    p += md[i].value_len;
-  }
-  return out;
-}
-
 int kr__route_start(kr_kas *k, int64_t agent, const kr_md *md, size_t n,
                     int fin, int hop, const kr__stream_handler *h, void *ud,
                     kr__route_cb cb, kr__route **out) {
@@ -403,7 +422,7 @@ int kr__route_start_until(kr_kas *k, int64_t agent, const kr_md *md, size_t n,
                           const kr__stream_handler *h, void *ud,
                           kr__route_cb cb, kr__route **out) {
   kr__route *r = calloc(1, sizeof(*r));
-  if (!r || !(r->md = copy_md(md, n))) {
+  if (!r || !(r->md = kr__md_dup(md, n))) {
     free(r);
     *out = NULL;
     return KR_ENOMEM;

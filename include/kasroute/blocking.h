@@ -6,7 +6,8 @@
  * kasroute/client.h). Its calls block the calling thread until done or
  * until their timeout, and may be made from any number of threads at
  * once: every object here is thread-safe, except that one kr_bstream /
- * kr_bhttp_response must not be used by two threads at the same time.
+ * kr_bhttp_response must not be read by two threads at the same time, nor
+ * written by two (one reading thread and one writing thread is fine).
  * No callback ever runs on a caller's thread; no call here runs user code.
  *
  * The connection is made at kr_bclient_new() and re-made on demand after
@@ -22,6 +23,11 @@
  * reset), KR_ECLOSED (closed), KR_EPROTO, KR_EINVAL, KR_ENOMEM. A
  * human-readable reason for the last error of the calling thread is in
  * kr_bclient_last_error().
+ *
+ * Memory is bounded per stream: received bytes wait in the library until
+ * read, and kas only sends more as they are read (the stream's window,
+ * 2 MiB); written bytes are held up to 1 MiB beyond what the window lets
+ * go, after which writes block.
  *
  * Fork: a kr_bclient must not be used in a child process; the child makes
  * its own (the parent's thread does not exist there). kr_bclient_free() in
@@ -66,7 +72,8 @@ KR_API int kr_bclient_options_set_timeout(kr_bclient_options *o,
 
 /* Starts the loop thread and connects. Returns at once: 0, KR_ECONFIG (URL
  * or credentials missing; reason in err), KR_ETLS (CA file), KR_ENOMEM,
- * KR_EIO (thread). o is copied. */
+ * KR_EIO (thread). o is copied. A kas that cannot be reached is not an
+ * error here: the first call that needs the connection reports it. */
 KR_API int kr_bclient_new(kr_bclient **out, const kr_bclient_options *o,
                           char *err, size_t errlen);
 
@@ -78,7 +85,8 @@ KR_API int kr_bclient_new(kr_bclient **out, const kr_bclient_options *o,
 KR_API void kr_bclient_free(kr_bclient *c);
 
 /* The reason for the calling thread's last failed call on any bclient
- * ("" if none). Valid until that thread's next call. */
+ * ("" if none: every call of this header clears it first). Valid until
+ * that thread's next call. */
 KR_API const char *kr_bclient_last_error(void);
 
 /* ---------------------------------------------------------------- streams */
@@ -89,9 +97,11 @@ KR_API int kr_bclient_open(kr_bclient *c, int64_t agent, const char *service,
                            const kr_md *extra, size_t n, kr_time_us timeout,
                            kr_bstream **out);
 
-/* Writes all len bytes (blocking while the stream's window is closed).
- * Returns len, or an error (some bytes may have been sent: the stream is
- * then unusable for writing). */
+/* Writes all len bytes (blocking while the stream's window is closed):
+ * returns len once they are all queued for sending, or an error. On
+ * KR_ETIMEDOUT with no byte taken the stream is unchanged; when some bytes
+ * were taken before an error, the stream is unusable for writing (later
+ * writes return that error). KR_ESTATE after kr_bstream_close_write(). */
 KR_API int64_t kr_bstream_write(kr_bstream *s, const void *buf, size_t len,
                                 kr_time_us timeout);
 
@@ -101,19 +111,25 @@ KR_API int64_t kr_bstream_write(kr_bstream *s, const void *buf, size_t len,
 KR_API int64_t kr_bstream_read(kr_bstream *s, void *buf, size_t cap,
                                kr_time_us timeout);
 
-/* Half-closes the sending direction (FIN after what was written). */
+/* Half-closes the sending direction (FIN after what was written). Does not
+ * block. KR_ESTATE if already done. */
 KR_API int kr_bstream_close_write(kr_bstream *s);
 
-/* Resets the stream if it is still open, and frees it. NULL is a no-op. */
+/* Resets the stream if it is still open, and frees it. NULL is a no-op; in
+ * a forked child it releases nothing. */
 KR_API void kr_bstream_free(kr_bstream *s);
 
 /* ------------------------------------------------------------------- HTTP */
 
 /* Makes an HTTP request to an agent's http/https/kubernetes service
  * (docs/PROTOCOL.md "HTTP"): method, path (origin form, with query),
- * header fields (names are sent lower-cased; hop-by-hop fields are
- * dropped), and a body (NULL/0: none). Blocks until the response head
- * arrives; the body is then read with kr_bhttp_response_read(). */
+ * header fields (names are sent lower-cased, values without surrounding
+ * blanks; hop-by-hop fields are dropped; "content-length" is added for a
+ * body when missing), and a body (NULL/0: none). Blocks until the response
+ * head arrives; the body is then read with kr_bhttp_response_read(). The
+ * timeout covers sending the body and the head's arrival. KR_EINVAL: a
+ * method that is not an HTTP token, a path not starting with '/', a field
+ * name that is empty or starts with ':', CR/LF/NUL in a name or value. */
 KR_API int kr_bclient_http_request(kr_bclient *c, int64_t agent,
                                    const char *service, const char *method,
                                    const char *path, const kr_md *headers,
@@ -131,6 +147,7 @@ KR_API int kr_bhttp_response_header(const kr_bhttp_response *r, size_t i,
 /* Reads body bytes as kr_bstream_read() does (0 at the end of the body). */
 KR_API int64_t kr_bhttp_response_read(kr_bhttp_response *r, void *buf,
                                       size_t cap, kr_time_us timeout);
+/* Resets the stream if the body was not read to its end, and frees. */
 KR_API void kr_bhttp_response_free(kr_bhttp_response *r);
 
 /* ----------------------------------------------------------------- agents */

@@ -43,16 +43,18 @@
 #define KR__BS_TX_MAX ((size_t)1 << 20) /* written bytes held per stream */
 #define KR__BS_CHUNK ((size_t)64 << 10) /* bytes moved to the mux at once */
 #define KR__BC_DEFAULT_TIMEOUT ((kr_time_us)30 * 1000000)
-#define KR__BC_TOKEN_TTL 300         /* seconds: minted JWTs */
-#define KR__BC_SECRET_MAX 1024       /* bytes of API secret */
-#define KR__BC_SHUTDOWN_GRACE 1000   /* ms to let listings finish at free */
+#define KR__BC_TOKEN_TTL 300       /* seconds: minted JWTs */
+#define KR__BC_SECRET_MAX 1024     /* bytes of API secret */
+#define KR__BC_SHUTDOWN_GRACE 1000 /* ms to let listings finish at free */
 #define KR__BC_REASON 256
 
 /* ------------------------------------------------------------ last error */
 
 static _Thread_local char tl_err[KR__BC_REASON];
 
-const char *kr_bclient_last_error(void) { return tl_err; }
+const char *kr_bclient_last_error(void) {
+  return tl_err;
+}
 
 static int fail(int rc, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -179,12 +181,12 @@ typedef struct bc_op bc_op;
 
 struct bc_hub {
   pthread_mutex_t mu;
-  int refs;            /* the client + one per stream */
-  int wfd;             /* write end of the wake-up pipe (client owns it) */
-  int wake_pending;    /* a byte is in the pipe, or the loop is awake */
-  int stopping;        /* kr_bclient_free() began: no new work */
-  int dead;            /* the client is gone: stream calls -> KR_ECLOSED */
-  kr_bstream *dirty;   /* streams with work for the loop (LIFO) */
+  int refs;              /* the client + one per stream */
+  int wfd;               /* write end of the wake-up pipe (client owns it) */
+  int wake_pending;      /* a byte is in the pipe, or the loop is awake */
+  int stopping;          /* kr_bclient_free() began: no new work */
+  int dead;              /* the client is gone: stream calls -> KR_ECLOSED */
+  kr_bstream *dirty;     /* streams with work for the loop (LIFO) */
   bc_op *ops, *ops_tail; /* listings for the loop */
 };
 
@@ -228,7 +230,8 @@ struct kr_bstream {
   /* loop */
   kr_stream *ks;
   bc_conn *conn;
-  int parked, started, fin_sent, write_blocked;
+  bc_conn *wait; /* parked: the connection awaited (NULL: any) */
+  int parked, retried, started, fin_sent, write_blocked;
   kr_bstream *lprev, *lnext; /* the loop's list of parked/open streams */
 };
 
@@ -239,10 +242,12 @@ struct bc_op {
   char reason[KR__BC_REASON];
   char *json;
   size_t len;
-  bc_op *next;        /* hub queue */
-  bc_conn *conn;      /* loop */
-  bc_op *lnext;       /* loop: parked or in flight */
-  int inflight;       /* loop */
+  bc_op *next;   /* hub queue */
+  bc_conn *conn; /* loop */
+  bc_conn *wait; /* loop: parked on this connection (NULL: any) */
+  int retried;   /* loop */
+  bc_op *lnext;  /* loop: parked or in flight */
+  int inflight;  /* loop */
 };
 
 struct kr_bclient {
@@ -262,18 +267,22 @@ struct kr_bclient {
   struct event_base *base;
   struct event *wake_ev, *kick_ev, *grace_ev;
   kr_mux_callbacks *cbs;
-  bc_conn *conns; /* every connection not yet freed */
-  bc_conn *cur;   /* the one new streams go to */
+  bc_conn *conns;      /* every connection not yet freed */
+  bc_conn *cur;        /* the one new streams go to */
   kr_bstream *streams; /* parked or opened (ks set) */
   size_t n_parked;
   bc_op *parked_ops, *inflight_ops;
+  bc_op *settling; /* failed listings waiting for their connection's fate */
+  struct event *settle_ev;
   int shutting;
   uint8_t chunk[KR__BS_CHUNK];
 };
 
 /* ----------------------------------------------------------- hub helpers */
 
-static void hub_lock(bc_hub *h) { pthread_mutex_lock(&h->mu); }
+static void hub_lock(bc_hub *h) {
+  pthread_mutex_lock(&h->mu);
+}
 
 /* Unlocks; destroys the hub when nothing references it any more. */
 static void hub_unlock(bc_hub *h) {
@@ -321,7 +330,8 @@ static struct timespec deadline_of(kr_time_us timeout) {
 
 /* Waits on cv (hub mutex held) until signalled or dl. 0, or KR_ETIMEDOUT
  * once dl passed. Spurious wake-ups return 0: callers re-check. */
-static int wait_until(pthread_cond_t *cv, bc_hub *h, const struct timespec *dl) {
+static int wait_until(pthread_cond_t *cv, bc_hub *h,
+                      const struct timespec *dl) {
   int rc = pthread_cond_timedwait(cv, &h->mu, dl);
   return rc == ETIMEDOUT ? KR_ETIMEDOUT : 0;
 }
@@ -433,8 +443,8 @@ static void bs_post_open(kr_bstream *s) {
 /* Waits until s has its REPLY or ended (mutex held). 0, KR_ETIMEDOUT. */
 static int bs_wait_reply_locked(kr_bstream *s, const struct timespec *dl) {
   while (!s->replied && !s->ended && !s->h->dead)
-    if (wait_until(&s->cond, s->h, dl) == KR_ETIMEDOUT &&
-        !s->replied && !s->ended)
+    if (wait_until(&s->cond, s->h, dl) == KR_ETIMEDOUT && !s->replied &&
+        !s->ended)
       return KR_ETIMEDOUT;
   return 0;
 }
@@ -584,8 +594,7 @@ static void pump_tx(kr_bclient *c, kr_bstream *s) {
 
 /* -------------------------------------------------- loop: connections */
 
-static void conn_state_cb(kr_client *kc, int err, const char *reason,
-                          void *ud);
+static void conn_state_cb(kr_client *kc, int err, const char *reason, void *ud);
 
 /* A JWT for one connection: the configured one, or one minted from the
  * secret. *owned: the token must be wiped and released with kr__free. */
@@ -597,7 +606,7 @@ static int conn_token(kr_bclient *c, const char **tok, size_t *len,
     *len = c->token_len;
     return 0;
   }
-  int rc = kr__jwt_mint(NULL, c->secret, c->secret_len, "kasroute",
+  int rc = kr__jwt_mint(kr_mem_default(), c->secret, c->secret_len, "kasroute",
                         "gitlab-kas", "kasroute-blocking", (int64_t)time(NULL),
                         KR__BC_TOKEN_TTL, owned);
   if (rc < 0)
@@ -642,7 +651,7 @@ static int conn_get(kr_bclient *c, bc_conn **out, char *why, size_t whylen) {
   k->c = c;
   k->state = CONN_CONNECTING;
   const char *tok;
-  size_t tlen;
+  size_t tlen = 0;
   char *owned;
   int rc = conn_token(c, &tok, &tlen, &owned);
   if (rc == 0)
@@ -651,7 +660,7 @@ static int conn_get(kr_bclient *c, bc_conn **out, char *why, size_t whylen) {
     volatile char *v = owned;
     for (size_t i = 0; i < tlen; i++)
       v[i] = 0;
-    kr__free(NULL, owned);
+    kr__free(kr_mem_default(), owned);
   }
   if (rc < 0) {
     snprintf(why, whylen, "cannot make an API token: %s", kr_strerror(rc));
@@ -678,43 +687,69 @@ static int conn_get(kr_bclient *c, bc_conn **out, char *why, size_t whylen) {
 
 static void op_complete(kr_bclient *c, bc_op *op, int err, const char *why,
                         const char *json, size_t len);
-static void start_stream(kr_bclient *c, kr_bstream *s, int retry);
-static void start_op(kr_bclient *c, bc_op *op, int retry);
+static void settle(kr_bclient *c, bc_conn *k);
+static void start_stream(kr_bclient *c, kr_bstream *s);
+static void start_op(kr_bclient *c, bc_op *op);
 
-/* Runs the parked streams and listings again (the connection they waited
- * for became ready or failed). */
+/* 1 if an item parked on connection k (NULL: none) may be started now. */
+static int may_start(const bc_conn *k) {
+  return !k || (k->state == CONN_READY && !k->draining);
+}
+
+/* Starts the parked streams and listings whose connection became ready or
+ * was given up (see conn_state_cb). */
 static void unpark(kr_bclient *c) {
   if (!c->n_parked && !c->parked_ops)
     return;
-  if (c->cur && c->cur->state == CONN_CONNECTING)
-    return; /* still waiting */
-  kr_bstream *parked = NULL;
+  kr_bstream *go = NULL;
   for (kr_bstream *s = c->streams, *nx; s; s = nx) {
     nx = s->lnext;
-    if (s->parked) {
+    if (s->parked && may_start(s->wait)) {
       loop_list_del(c, s);
       s->parked = 0;
       c->n_parked--;
-      s->lnext = parked;
-      parked = s;
+      s->lnext = go;
+      go = s;
     }
   }
-  while (parked) {
-    kr_bstream *s = parked;
-    parked = s->lnext;
+  while (go) {
+    kr_bstream *s = go;
+    go = s->lnext;
     s->lnext = NULL;
-    start_stream(c, s, 0);
+    start_stream(c, s);
   }
-  bc_op *ops = c->parked_ops;
-  c->parked_ops = NULL;
+  bc_op *ops = NULL;
+  for (bc_op **pp = &c->parked_ops; *pp;) {
+    bc_op *op = *pp;
+    if (may_start(op->wait)) {
+      *pp = op->lnext;
+      op->lnext = ops;
+      ops = op;
+    } else {
+      pp = &op->lnext;
+    }
+  }
   while (ops) {
     bc_op *op = ops;
     ops = op->lnext;
-    start_op(c, op, 0);
+    start_op(c, op);
   }
 }
 
-static void kick(kr_bclient *c) { event_active(c->kick_ev, 0, 0); }
+static void kick(kr_bclient *c) {
+  event_active(c->kick_ev, 0, 0);
+}
+
+/* What the items parked on k do now that it ended: fail with its error
+ * when it never became ready or refused the credentials (one dial per
+ * call: no loop against a kas that refuses us) or when they were retried
+ * already; otherwise (kas drained it) try once more on a new one. */
+static int park_outcome(const bc_conn *k, int was_ready, int *retried) {
+  if (!was_ready || k->err == KR_EAUTH || *retried)
+    return k->err;
+  *retried = 1;
+  return 0;
+}
 
 static void conn_state_cb(kr_client *kc, int err, const char *reason,
                           void *ud) {
@@ -728,52 +763,64 @@ static void conn_state_cb(kr_client *kc, int err, const char *reason,
     k->err = err;
     snprintf(k->reason, sizeof(k->reason), "connection to kas: %s",
              reason && *reason ? reason : kr_strerror(err));
-    if (!was_ready && c->cur == k) {
-      /* Whatever waited for this connection fails with its error: one
-       * dial per call, no retry loop against a kas that refuses us. */
-      for (kr_bstream *s = c->streams, *nx; s; s = nx) {
-        nx = s->lnext;
-        if (s->parked)
-          loop_finish(c, s, err, k->reason);
+    for (kr_bstream *s = c->streams, *nx; s; s = nx) {
+      nx = s->lnext;
+      if (!s->parked || s->wait != k)
+        continue;
+      s->wait = NULL;
+      int e = park_outcome(k, was_ready, &s->retried);
+      if (e)
+        loop_finish(c, s, e, k->reason);
+    }
+    for (bc_op **pp = &c->parked_ops; *pp;) {
+      bc_op *op = *pp;
+      if (op->wait != k) {
+        pp = &op->lnext;
+        continue;
       }
-      bc_op *ops = c->parked_ops;
-      c->parked_ops = NULL;
-      while (ops) {
-        bc_op *op = ops;
-        ops = op->lnext;
-        op_complete(c, op, err, k->reason, NULL, 0);
+      op->wait = NULL;
+      int e = park_outcome(k, was_ready, &op->retried);
+      if (e) {
+        *pp = op->lnext;
+        op_complete(c, op, e, k->reason, NULL, 0);
+      } else {
+        pp = &op->lnext;
       }
     }
     if (c->cur == k)
       c->cur = NULL;
+    settle(c, k);
   }
   kick(c); /* unpark / reap from the loop's own event */
 }
 
-/* Opens s on the current connection, parks it while connecting, or ends it
- * with the error. retry: a draining connection may be replaced once. */
-static void start_stream(kr_bclient *c, kr_bstream *s, int retry) {
+/* Opens s on the current connection, parks it until that connection is
+ * ready (or, refused by a draining one, until it ended), or ends it with
+ * the error. */
+static void start_stream(kr_bclient *c, kr_bstream *s) {
   char why[KR__BC_REASON];
   bc_conn *k;
   int rc = conn_get(c, &k, why, sizeof(why));
+  loop_list_add(c, s);
   if (rc < 0) {
-    loop_list_add(c, s);
     loop_finish(c, s, rc, why);
     return;
   }
-  loop_list_add(c, s);
+  kr_stream *ks = NULL;
+  if (rc == 1) {
+    rc = kr_client_open(k->kc, s->agent, s->service, s->open_md.md,
+                        s->open_md.n, s->open_fin, s, &ks);
+    if (rc == KR_EGOAWAY || rc == KR_ECLOSED) {
+      k->draining = 1;
+      rc = 0;
+    } else if (rc == 0) {
+      rc = 1;
+    }
+  }
   if (rc == 0) {
     s->parked = 1;
+    s->wait = k;
     c->n_parked++;
-    return;
-  }
-  kr_stream *ks;
-  rc = kr_client_open(k->kc, s->agent, s->service, s->open_md.md, s->open_md.n,
-                      s->open_fin, s, &ks);
-  if ((rc == KR_EGOAWAY || rc == KR_ECLOSED) && !retry) {
-    k->draining = 1;
-    loop_list_del(c, s);
-    start_stream(c, s, 1);
     return;
   }
   if (rc < 0) {
@@ -802,7 +849,7 @@ static void serve_stream(kr_bclient *c, kr_bstream *s) {
   int ended = s->ended;
   hub_unlock(h);
   if (open && !ended)
-    start_stream(c, s, 0);
+    start_stream(c, s);
   if (gone) {
     if (s->ks)
       kr_stream_reset(s->ks, KR_CODE_CANCEL, "closed by the application");
@@ -850,15 +897,51 @@ static void op_complete(kr_bclient *c, bc_op *op, int err, const char *why,
   hub_unlock(h);
 }
 
+/* Completes the settling listings: of connection k (NULL: all) with
+ * err_if_auth when k ended refusing the credentials, else with their own
+ * error. */
+static void settle(kr_bclient *c, bc_conn *k) {
+  for (bc_op **pp = &c->settling; *pp;) {
+    bc_op *op = *pp;
+    if (k && op->conn != k) {
+      pp = &op->lnext;
+      continue;
+    }
+    *pp = op->lnext;
+    int err = op->err;
+    if (op->conn->state == CONN_ENDED && op->conn->err == KR_EAUTH)
+      err = KR_EAUTH;
+    op->conn->lists--;
+    op_complete(c, op, err,
+                err == KR_EAUTH ? op->conn->reason : "agent listing failed",
+                NULL, 0);
+  }
+}
+
+static void settle_cb(evutil_socket_t fd, short what, void *arg) {
+  settle(arg, NULL);
+}
+
 static void list_cb(const char *json, size_t len, int err, void *ud) {
   bc_op *op = ud;
   kr_bclient *c = op->conn->c;
-  op->conn->lists--;
   for (bc_op **pp = &c->inflight_ops; *pp; pp = &(*pp)->lnext)
     if (*pp == op) {
       *pp = op->lnext;
       break;
     }
+  if (err == KR_ERESET && !c->shutting) {
+    /* kas refusing the credentials answers HELLO, then sends GOAWAY
+     * UNAUTHORIZED: the listing is only REFUSED. Its connection ending
+     * soon tells which it was (kr_client maps this for its streams). */
+    op->err = err;
+    op->lnext = c->settling;
+    c->settling = op;
+    struct timeval tv = {1, 0};
+    evtimer_add(c->settle_ev, &tv);
+    return;
+  }
+  op->conn->lists--;
   char why[64];
   snprintf(why, sizeof(why), "agent listing failed: %s", kr_strerror(err));
   op_complete(c, op, err, err ? why : NULL, json, len);
@@ -866,34 +949,32 @@ static void list_cb(const char *json, size_t len, int err, void *ud) {
     kick(c);
 }
 
-static void start_op(kr_bclient *c, bc_op *op, int retry) {
+static void start_op(kr_bclient *c, bc_op *op) {
   char why[KR__BC_REASON];
   bc_conn *k;
   int rc = conn_get(c, &k, why, sizeof(why));
-  if (rc < 0) {
-    op_complete(c, op, rc, why, NULL, 0);
-    return;
+  if (rc == 1) {
+    op->conn = k;
+    rc = kr_client_list_agents(k->kc, list_cb, op);
+    if (rc == KR_EGOAWAY || rc == KR_ECLOSED) {
+      k->draining = 1;
+      rc = 0;
+    } else if (rc == 0) {
+      k->lists++;
+      op->lnext = c->inflight_ops;
+      c->inflight_ops = op;
+      return;
+    } else {
+      snprintf(why, sizeof(why), "cannot list agents: %s", kr_strerror(rc));
+    }
   }
   if (rc == 0) {
+    op->wait = k;
     op->lnext = c->parked_ops;
     c->parked_ops = op;
     return;
   }
-  op->conn = k;
-  rc = kr_client_list_agents(k->kc, list_cb, op);
-  if ((rc == KR_EGOAWAY || rc == KR_ECLOSED) && !retry) {
-    k->draining = 1;
-    start_op(c, op, 1);
-    return;
-  }
-  if (rc < 0) {
-    snprintf(why, sizeof(why), "cannot list agents: %s", kr_strerror(rc));
-    op_complete(c, op, rc, why, NULL, 0);
-    return;
-  }
-  k->lists++;
-  op->lnext = c->inflight_ops;
-  c->inflight_ops = op;
+  op_complete(c, op, rc, why, NULL, 0);
 }
 
 /* ------------------------------------------------- loop: work and exit */
@@ -901,6 +982,7 @@ static void start_op(kr_bclient *c, bc_op *op, int retry) {
 static void finish_shutdown(kr_bclient *c) {
   if (c->grace_ev)
     event_del(c->grace_ev);
+  settle(c, NULL);
   /* Listings still in flight only end with their connection. */
   while (c->inflight_ops) {
     bc_op *op = c->inflight_ops;
@@ -1011,7 +1093,7 @@ static void serve(kr_bclient *c) {
     if (stop)
       op_complete(c, op, KR_ECLOSED, "the client is closing", NULL, 0);
     else
-      start_op(c, op, 0);
+      start_op(c, op);
   }
   if (stop) {
     begin_shutdown(c);
@@ -1047,6 +1129,8 @@ static void client_destroy(kr_bclient *c) {
     event_free(c->kick_ev);
   if (c->grace_ev)
     event_free(c->grace_ev);
+  if (c->settle_ev)
+    event_free(c->settle_ev);
   while (c->conns) {
     bc_conn *k = c->conns;
     c->conns = k->next;
@@ -1123,8 +1207,7 @@ int kr_bclient_new(kr_bclient **out, const kr_bclient_options *o, char *err,
     memcpy(c->secret, o->secret, o->secret_len);
     c->secret_len = o->secret_len;
   }
-  if (kr_client_options_new(&c->copt) < 0 ||
-      kr_mux_callbacks_new(&c->cbs) < 0)
+  if (kr_client_options_new(&c->copt) < 0 || kr_mux_callbacks_new(&c->cbs) < 0)
     goto fail;
   rc = kr_client_options_set_url(c->copt, o->url);
   if (rc == 0 && o->ca_file[0])
@@ -1147,7 +1230,8 @@ int kr_bclient_new(kr_bclient **out, const kr_bclient_options *o, char *err,
   c->wake_ev = event_new(c->base, c->rfd, EV_READ | EV_PERSIST, wake_cb, c);
   c->kick_ev = event_new(c->base, -1, 0, kick_cb, c);
   c->grace_ev = evtimer_new(c->base, grace_cb, c);
-  if (!c->wake_ev || !c->kick_ev || !c->grace_ev ||
+  c->settle_ev = evtimer_new(c->base, settle_cb, c);
+  if (!c->wake_ev || !c->kick_ev || !c->grace_ev || !c->settle_ev ||
       event_add(c->wake_ev, NULL) < 0)
     goto fail;
   /* The first connection is dialled here, before the thread exists, so
@@ -1296,16 +1380,16 @@ int64_t kr_bstream_write(kr_bstream *s, const void *buf, size_t len,
   int64_t ret = (int64_t)len;
   hub_lock(h);
   for (;;) {
+    if (!h->dead && s->want_fin) {
+      ret = fail(KR_ESTATE, "the stream was closed for writing");
+      break;
+    }
     if (h->dead || s->ended) {
       ret = stream_err_locked(s);
       break;
     }
     if (s->wr_err) {
       ret = fail(s->wr_err, "the stream cannot be written any more");
-      break;
-    }
-    if (s->want_fin) {
-      ret = fail(KR_ESTATE, "the stream was closed for writing");
       break;
     }
     size_t used = evbuffer_get_length(s->tx);
@@ -1496,9 +1580,9 @@ int kr_bclient_http_request(kr_bclient *c, int64_t agent, const char *service,
   if (rc < 0)
     return rc;
   if (agent <= 0 || !service || !*service || !method || !token_ok(method) ||
-      !path || path[0] != '/' || !bytes_ok((const uint8_t *)path, strlen(path)) ||
-      strchr(path, ' ') || (n_headers && !headers) || (body_len && !body) ||
-      !out)
+      !path || path[0] != '/' ||
+      !bytes_ok((const uint8_t *)path, strlen(path)) || strchr(path, ' ') ||
+      (n_headers && !headers) || (body_len && !body) || !out)
     return fail(KR_EINVAL, "agent, service, method, an origin-form path and "
                            "the response are required");
   kr_bhttp_response *r = calloc(1, sizeof(*r));
@@ -1529,8 +1613,8 @@ int kr_bclient_http_request(kr_bclient *c, int64_t agent, const char *service,
   hub_lock(h);
   rc = bs_wait_reply_locked(s, &dl);
   if (rc == KR_ETIMEDOUT)
-    fail(rc, "no response from agent %lld service %s in time",
-         (long long)agent, service);
+    fail(rc, "no response from agent %lld service %s in time", (long long)agent,
+         service);
   else if (!s->replied)
     rc = stream_err_locked(s);
   if (rc == 0) {
@@ -1644,4 +1728,6 @@ int kr_bclient_list_agents(kr_bclient *c, kr_time_us timeout, char **json,
   return rc;
 }
 
-void kr_bclient_free_string(char *s) { free(s); }
+void kr_bclient_free_string(char *s) {
+  free(s);
+}

@@ -338,6 +338,9 @@ static void l_fin(kr_stream *s, void *ud) {
 static void l_close(kr_stream *s, uint32_t code, const uint8_t *reason,
                     size_t len, void *ud) {
   client_list *l = ud;
+  kr_client *c = client_of(s);
+  if (code == KR_CODE_REFUSED && c->goaway_code == KR_CODE_UNAUTHORIZED)
+    code = KR_CODE_UNAUTHORIZED; /* refused because kas refused us */
   int err = kr_error_from_code(code);
   list_end(s, l, err ? err : KR_ECLOSED);
 }

@@ -1,13 +1,11 @@
 /* The agent token table (see token_file.h). */
-#include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <kasroute/error.h>
 
+#include "file_read.h"
 #include "mem_internal.h"
 #include "token_file.h"
 
@@ -36,30 +34,6 @@ struct kr__token_table {
 static const kr__token_limits default_limits = {KR__TOKEN_FILE_MAX_BYTES,
                                                 KR__TOKEN_FILE_MAX_ENTRIES,
                                                 KR__TOKEN_FILE_MAX_LINE};
-
-#if defined(__GNUC__)
-#define PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
-#else
-#define PRINTF_LIKE(f, a)
-#endif
-
-/* err is optional; line 0 means "no line" (whole-file errors). */
-static void set_err(char *err, size_t errlen, const char *name, size_t line,
-                    const char *fmt, ...) PRINTF_LIKE(5, 6);
-
-static void set_err(char *err, size_t errlen, const char *name, size_t line,
-                    const char *fmt, ...) {
-  if (err == NULL || errlen == 0)
-    return;
-  int n = line ? snprintf(err, errlen, "%s:%zu: ", name, line)
-               : snprintf(err, errlen, "%s: ", name);
-  if (n < 0 || (size_t)n >= errlen)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
-  va_end(ap);
-}
 
 static int is_blank(char c) {
   return c == ' ' || c == '\t';
@@ -124,12 +98,12 @@ static int parse_line(kr__token_table *t, const char *line, size_t len,
                       const char *fname, size_t lineno,
                       const kr__token_limits *lim, char *err, size_t errlen) {
   if (len > lim->max_line) {
-    set_err(err, errlen, fname, lineno, "line is longer than %zu bytes",
-            lim->max_line);
+    kr__file_err(err, errlen, fname, lineno, "line is longer than %zu bytes",
+                 lim->max_line);
     return KR_ETOOBIG;
   }
   if (memchr(line, '\0', len) != NULL) {
-    set_err(err, errlen, fname, lineno, "line contains a NUL byte");
+    kr__file_err(err, errlen, fname, lineno, "line contains a NUL byte");
     return KR_ECONFIG;
   }
   const char *hash_mark = memchr(line, '#', len);
@@ -151,19 +125,19 @@ static int parse_line(kr__token_table *t, const char *line, size_t len,
   case 0:
     break;
   case 2:
-    set_err(err, errlen, fname, lineno, "agent id is larger than %lld",
-            (long long)INT64_MAX);
+    kr__file_err(err, errlen, fname, lineno, "agent id is larger than %lld",
+                 (long long)INT64_MAX);
     return KR_ECONFIG;
   default:
-    set_err(err, errlen, fname, lineno,
-            "agent id is not a positive decimal integer");
+    kr__file_err(err, errlen, fname, lineno,
+                 "agent id is not a positive decimal integer");
     return KR_ECONFIG;
   }
 
   while (p < len && is_blank(line[p]))
     p++;
   if (p == len) {
-    set_err(err, errlen, fname, lineno, "missing hash");
+    kr__file_err(err, errlen, fname, lineno, "missing hash");
     return KR_ECONFIG;
   }
   f = p;
@@ -171,37 +145,38 @@ static int parse_line(kr__token_table *t, const char *line, size_t len,
     p++;
   uint8_t hash[KR__SHA256_LEN];
   if (kr__hex_decode(line + f, p - f, hash, sizeof hash) != 0) {
-    set_err(err, errlen, fname, lineno, "hash is not 64 hex characters");
+    kr__file_err(err, errlen, fname, lineno, "hash is not 64 hex characters");
     return KR_ECONFIG;
   }
 
   while (p < len && is_blank(line[p]))
     p++;
   if (p == len) {
-    set_err(err, errlen, fname, lineno, "missing name");
+    kr__file_err(err, errlen, fname, lineno, "missing name");
     return KR_ECONFIG;
   }
   size_t name_len = len - p;
   if (name_len > KR__TOKEN_NAME_MAX) {
-    set_err(err, errlen, fname, lineno, "name is longer than %d bytes",
-            KR__TOKEN_NAME_MAX);
+    kr__file_err(err, errlen, fname, lineno, "name is longer than %d bytes",
+                 KR__TOKEN_NAME_MAX);
     return KR_ECONFIG;
   }
   for (size_t i = p; i < len; i++) {
     unsigned char c = (unsigned char)line[i];
     if ((c < 0x20 && c != '\t') || c == 0x7f) {
-      set_err(err, errlen, fname, lineno, "name contains a control character");
+      kr__file_err(err, errlen, fname, lineno,
+                   "name contains a control character");
       return KR_ECONFIG;
     }
   }
 
   if (t->count >= lim->max_entries) {
-    set_err(err, errlen, fname, lineno, "more than %zu entries",
-            lim->max_entries);
+    kr__file_err(err, errlen, fname, lineno, "more than %zu entries",
+                 lim->max_entries);
     return KR_ETOOBIG;
   }
   if (add_entry(t, hash, id, lineno, line + p, name_len) != 0) {
-    set_err(err, errlen, fname, lineno, "out of memory");
+    kr__file_err(err, errlen, fname, lineno, "out of memory");
     return KR_ENOMEM;
   }
   return 0;
@@ -240,8 +215,8 @@ static int build_index(kr__token_table *t, const char *fname, char *err,
     }
   }
   if (dup_line != 0) {
-    set_err(err, errlen, fname, dup_line, "hash duplicates the one on line %zu",
-            dup_first);
+    kr__file_err(err, errlen, fname, dup_line,
+                 "hash duplicates the one on line %zu", dup_first);
     return KR_ECONFIG;
   }
 
@@ -253,7 +228,7 @@ static int build_index(kr__token_table *t, const char *fname, char *err,
   size_t nb = (size_t)1 << bits;
   t->start = kr__calloc(&t->mem, nb + 1, sizeof *t->start);
   if (t->start == NULL) {
-    set_err(err, errlen, fname, 0, "out of memory");
+    kr__file_err(err, errlen, fname, 0, "out of memory");
     return KR_ENOMEM;
   }
   for (size_t i = 0; i < t->count; i++)
@@ -274,20 +249,21 @@ int kr__token_table_parse_limits(const kr_mem *mem, const char *text,
   if (out != NULL)
     *out = NULL;
   if (out == NULL || (text == NULL && len > 0)) {
-    set_err(err, errlen, fname, 0, "invalid argument");
+    kr__file_err(err, errlen, fname, 0, "invalid argument");
     return KR_EINVAL;
   }
   const kr__token_limits *lim = limits ? limits : &default_limits;
   if (mem == NULL)
     mem = kr_mem_default();
   if (len > lim->max_bytes) {
-    set_err(err, errlen, fname, 0, "larger than %zu bytes", lim->max_bytes);
+    kr__file_err(err, errlen, fname, 0, "larger than %zu bytes",
+                 lim->max_bytes);
     return KR_ETOOBIG;
   }
 
   kr__token_table *t = kr__calloc(mem, 1, sizeof *t);
   if (t == NULL) {
-    set_err(err, errlen, fname, 0, "out of memory");
+    kr__file_err(err, errlen, fname, 0, "out of memory");
     return KR_ENOMEM;
   }
   t->mem = *mem;
@@ -319,19 +295,9 @@ int kr__token_table_parse(const kr_mem *mem, const char *text, size_t len,
                                       out, err, errlen);
 }
 
-/* strerror is not thread-safe; glibc's strerror_r (the GNU variant under
- * _GNU_SOURCE) returns the text instead of filling buf. */
-static const char *errno_text(int e, char *buf, size_t n) {
-#if defined(__GLIBC__) && defined(_GNU_SOURCE)
-  return strerror_r(e, buf, n);
-#else
-  return strerror_r(e, buf, n) == 0 ? buf : "unknown error";
-#endif
-}
-
-/* Reads the whole file into memory from mem (at most the byte limit + 1, to
- * tell "exactly at the limit" from "over"), then parses it. The file buffer
- * is always released before returning. */
+/* Reads the whole file into memory from mem (kr__file_read: bounded by the
+ * byte limit), then parses it. The file buffer is always released before
+ * returning. */
 int kr__token_file_load(const kr_mem *mem, const char *path,
                         kr__token_table **out, char *err, size_t errlen) {
   if (err != NULL && errlen > 0)
@@ -339,74 +305,18 @@ int kr__token_file_load(const kr_mem *mem, const char *path,
   if (out != NULL)
     *out = NULL;
   if (out == NULL || path == NULL) {
-    set_err(err, errlen, path ? path : "(null)", 0, "invalid argument");
+    kr__file_err(err, errlen, path ? path : "(null)", 0, "invalid argument");
     return KR_EINVAL;
   }
   if (mem == NULL)
     mem = kr_mem_default();
-  const size_t limit = KR__TOKEN_FILE_MAX_BYTES;
-  char ebuf[128];
-
-  FILE *f = fopen(path, "rbe"); /* e: O_CLOEXEC */
-  if (f == NULL) {
-    int e = errno;
-    set_err(err, errlen, path, 0, "cannot open: %s",
-            errno_text(e, ebuf, sizeof ebuf));
-    return e == ENOENT ? KR_ENOENT : KR_EIO;
-  }
-  size_t cap = 64 * 1024;
-  struct stat st;
-  if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode)) {
-    if ((uintmax_t)st.st_size > limit) {
-      fclose(f);
-      set_err(err, errlen, path, 0, "larger than %zu bytes", limit);
-      return KR_ETOOBIG;
-    }
-    cap = (size_t)st.st_size + 1; /* + 1: room to see EOF in one read */
-  }
-
-  char *buf = kr__malloc(mem, cap);
+  char *buf = NULL;
   size_t len = 0;
-  int rc = buf ? 0 : KR_ENOMEM;
-  int read_errno = 0;
-  while (rc == 0) {
-    if (len == cap) {
-      if (cap > limit) {
-        rc = KR_ETOOBIG;
-        break;
-      }
-      size_t ncap = cap * 2 > limit + 1 ? limit + 1 : cap * 2;
-      char *nb = kr__realloc(mem, buf, ncap);
-      if (nb == NULL) {
-        rc = KR_ENOMEM;
-        break;
-      }
-      buf = nb;
-      cap = ncap;
-    }
-    size_t got = fread(buf + len, 1, cap - len, f);
-    len += got;
-    if (got == 0) {
-      if (ferror(f)) {
-        read_errno = errno;
-        rc = KR_EIO;
-      }
-      break;
-    }
-  }
-  fclose(f);
-  if (rc == 0 && len > limit)
-    rc = KR_ETOOBIG;
-  if (rc == 0) {
-    rc = kr__token_table_parse(mem, buf, len, path, out, err, errlen);
-  } else if (rc == KR_ETOOBIG) {
-    set_err(err, errlen, path, 0, "larger than %zu bytes", limit);
-  } else if (rc == KR_EIO) {
-    set_err(err, errlen, path, 0, "cannot read: %s",
-            errno_text(read_errno, ebuf, sizeof ebuf));
-  } else {
-    set_err(err, errlen, path, 0, "out of memory");
-  }
+  int rc = kr__file_read(mem, path, KR__TOKEN_FILE_MAX_BYTES, &buf, &len, err,
+                         errlen);
+  if (rc != 0)
+    return rc;
+  rc = kr__token_table_parse(mem, buf, len, path, out, err, errlen);
   kr__free(mem, buf);
   return rc;
 }

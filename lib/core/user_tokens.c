@@ -1,13 +1,11 @@
 /* The user-token table (see user_tokens.h). */
-#include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <kasroute/error.h>
 
+#include "file_read.h"
 #include "mem_internal.h"
 #include "user_tokens.h"
 
@@ -45,30 +43,6 @@ struct kr__user_token_table {
 static const kr__user_token_limits default_limits = {
     KR__USER_TOKEN_FILE_MAX_BYTES, KR__USER_TOKEN_FILE_MAX_ENTRIES,
     KR__USER_TOKEN_FILE_MAX_LINE};
-
-#if defined(__GNUC__)
-#define PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
-#else
-#define PRINTF_LIKE(f, a)
-#endif
-
-/* err is optional; line 0 means "no line" (whole-file errors). */
-static void set_err(char *err, size_t errlen, const char *name, size_t line,
-                    const char *fmt, ...) PRINTF_LIKE(5, 6);
-
-static void set_err(char *err, size_t errlen, const char *name, size_t line,
-                    const char *fmt, ...) {
-  if (err == NULL || errlen == 0)
-    return;
-  int n = line ? snprintf(err, errlen, "%s:%zu: ", name, line)
-               : snprintf(err, errlen, "%s: ", name);
-  if (n < 0 || (size_t)n >= errlen)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
-  va_end(ap);
-}
 
 static int is_blank(char c) {
   return c == ' ' || c == '\t';
@@ -158,8 +132,8 @@ static int parse_agents(span f, int *any, int64_t *ids, size_t *n_ids,
     const char *comma = memchr(s, ',', f.n - pos);
     size_t n = comma ? (size_t)(comma - s) : f.n - pos;
     if (n == 1 && s[0] == '*') {
-      set_err(err, errlen, fname, lineno,
-              "\"*\" must be the only entry of the agents field");
+      kr__file_err(err, errlen, fname, lineno,
+                   "\"*\" must be the only entry of the agents field");
       return KR_ECONFIG;
     }
     int64_t id = 0;
@@ -167,22 +141,22 @@ static int parse_agents(span f, int *any, int64_t *ids, size_t *n_ids,
     case 0:
       break;
     case 2:
-      set_err(err, errlen, fname, lineno, "agent id is larger than %lld",
-              (long long)INT64_MAX);
+      kr__file_err(err, errlen, fname, lineno, "agent id is larger than %lld",
+                   (long long)INT64_MAX);
       return KR_ECONFIG;
     default:
-      set_err(err, errlen, fname, lineno,
-              "agent id is not a positive decimal integer");
+      kr__file_err(err, errlen, fname, lineno,
+                   "agent id is not a positive decimal integer");
       return KR_ECONFIG;
     }
     if (*n_ids == KR__USER_TOKEN_MAX_AGENTS) {
-      set_err(err, errlen, fname, lineno, "more than %d agent ids",
-              KR__USER_TOKEN_MAX_AGENTS);
+      kr__file_err(err, errlen, fname, lineno, "more than %d agent ids",
+                   KR__USER_TOKEN_MAX_AGENTS);
       return KR_ECONFIG;
     }
     for (size_t i = 0; i < *n_ids; i++) {
       if (ids[i] == id) {
-        set_err(err, errlen, fname, lineno, "agent id listed twice");
+        kr__file_err(err, errlen, fname, lineno, "agent id listed twice");
         return KR_ECONFIG;
       }
     }
@@ -199,20 +173,20 @@ static int check_name(const char *s, size_t n, const char *what,
                       const char *fname, size_t lineno, char *err,
                       size_t errlen) {
   if (n == 0) {
-    set_err(err, errlen, fname, lineno, "empty %s name", what);
+    kr__file_err(err, errlen, fname, lineno, "empty %s name", what);
     return KR_ECONFIG;
   }
   if (n > KR__USER_TOKEN_NAME_MAX) {
-    set_err(err, errlen, fname, lineno, "%s name is longer than %d bytes", what,
-            KR__USER_TOKEN_NAME_MAX);
+    kr__file_err(err, errlen, fname, lineno, "%s name is longer than %d bytes",
+                 what, KR__USER_TOKEN_NAME_MAX);
     return KR_ECONFIG;
   }
   for (size_t i = 0; i < n; i++) {
     if (!is_name_char(s[i])) {
-      set_err(err, errlen, fname, lineno,
-              "%s name has a character other than printable ASCII "
-              "(no space or comma)",
-              what);
+      kr__file_err(err, errlen, fname, lineno,
+                   "%s name has a character other than printable ASCII "
+                   "(no space or comma)",
+                   what);
       return KR_ECONFIG;
     }
   }
@@ -232,13 +206,13 @@ static int parse_groups(span f, span *g, size_t *n_g, const char *fname,
     if (rc != 0)
       return rc;
     if (*n_g == KR__USER_TOKEN_MAX_GROUPS) {
-      set_err(err, errlen, fname, lineno, "more than %d groups",
-              KR__USER_TOKEN_MAX_GROUPS);
+      kr__file_err(err, errlen, fname, lineno, "more than %d groups",
+                   KR__USER_TOKEN_MAX_GROUPS);
       return KR_ECONFIG;
     }
     for (size_t i = 0; i < *n_g; i++) {
       if (g[i].n == n && memcmp(g[i].p, s, n) == 0) {
-        set_err(err, errlen, fname, lineno, "group listed twice");
+        kr__file_err(err, errlen, fname, lineno, "group listed twice");
         return KR_ECONFIG;
       }
     }
@@ -257,12 +231,12 @@ static int parse_line(kr__user_token_table *t, const char *line, size_t len,
                       const kr__user_token_limits *lim, char *err,
                       size_t errlen) {
   if (len > lim->max_line) {
-    set_err(err, errlen, fname, lineno, "line is longer than %zu bytes",
-            lim->max_line);
+    kr__file_err(err, errlen, fname, lineno, "line is longer than %zu bytes",
+                 lim->max_line);
     return KR_ETOOBIG;
   }
   if (memchr(line, '\0', len) != NULL) {
-    set_err(err, errlen, fname, lineno, "line contains a NUL byte");
+    kr__file_err(err, errlen, fname, lineno, "line contains a NUL byte");
     return KR_ECONFIG;
   }
   const char *hash_mark = memchr(line, '#', len);
@@ -287,18 +261,18 @@ static int parse_line(kr__user_token_table *t, const char *line, size_t len,
     return 0;
   static const char *const missing[] = {NULL, "missing agents", "missing user"};
   if (nf < 3) {
-    set_err(err, errlen, fname, lineno, "%s", missing[nf]);
+    kr__file_err(err, errlen, fname, lineno, "%s", missing[nf]);
     return KR_ECONFIG;
   }
   if (nf > 4) {
-    set_err(err, errlen, fname, lineno,
-            "too many fields (hash, agents, user, groups)");
+    kr__file_err(err, errlen, fname, lineno,
+                 "too many fields (hash, agents, user, groups)");
     return KR_ECONFIG;
   }
 
   uint8_t hash[KR__SHA256_LEN];
   if (kr__hex_decode(f[0].p, f[0].n, hash, sizeof hash) != 0) {
-    set_err(err, errlen, fname, lineno, "hash is not 64 hex characters");
+    kr__file_err(err, errlen, fname, lineno, "hash is not 64 hex characters");
     return KR_ECONFIG;
   }
   int any = 0;
@@ -319,8 +293,8 @@ static int parse_line(kr__user_token_table *t, const char *line, size_t len,
   }
 
   if (t->count >= lim->max_entries) {
-    set_err(err, errlen, fname, lineno, "more than %zu entries",
-            lim->max_entries);
+    kr__file_err(err, errlen, fname, lineno, "more than %zu entries",
+                 lim->max_entries);
     return KR_ETOOBIG;
   }
   if (reserve(&t->mem, (void **)&t->entries, &t->cap, t->count, 1,
@@ -353,7 +327,7 @@ static int parse_line(kr__user_token_table *t, const char *line, size_t len,
   t->entries[t->count++] = e;
   return 0;
 nomem:
-  set_err(err, errlen, fname, lineno, "out of memory");
+  kr__file_err(err, errlen, fname, lineno, "out of memory");
   return KR_ENOMEM;
 }
 
@@ -391,8 +365,8 @@ static int build_index(kr__user_token_table *t, const char *fname, char *err,
     }
   }
   if (dup_line != 0) {
-    set_err(err, errlen, fname, dup_line, "hash duplicates the one on line %zu",
-            dup_first);
+    kr__file_err(err, errlen, fname, dup_line,
+                 "hash duplicates the one on line %zu", dup_first);
     return KR_ECONFIG;
   }
 
@@ -421,7 +395,7 @@ static int build_index(kr__user_token_table *t, const char *fname, char *err,
     t->start[b + 1] += t->start[b];
   return 0;
 nomem:
-  set_err(err, errlen, fname, 0, "out of memory");
+  kr__file_err(err, errlen, fname, 0, "out of memory");
   return KR_ENOMEM;
 }
 
@@ -436,7 +410,7 @@ int kr__user_token_table_parse_limits(const kr_mem *mem, const char *text,
   if (out != NULL)
     *out = NULL;
   if (out == NULL || (text == NULL && len > 0)) {
-    set_err(err, errlen, fname, 0, "invalid argument");
+    kr__file_err(err, errlen, fname, 0, "invalid argument");
     return KR_EINVAL;
   }
   const kr__user_token_limits *lim = limits ? limits : &default_limits;
@@ -444,13 +418,14 @@ int kr__user_token_table_parse_limits(const kr_mem *mem, const char *text,
     mem = kr_mem_default();
   /* Offsets into the pools are 32-bit; the text bounds the pools. */
   if (len > lim->max_bytes || len > UINT32_MAX / 2) {
-    set_err(err, errlen, fname, 0, "larger than %zu bytes", lim->max_bytes);
+    kr__file_err(err, errlen, fname, 0, "larger than %zu bytes",
+                 lim->max_bytes);
     return KR_ETOOBIG;
   }
 
   kr__user_token_table *t = kr__calloc(mem, 1, sizeof *t);
   if (t == NULL) {
-    set_err(err, errlen, fname, 0, "out of memory");
+    kr__file_err(err, errlen, fname, 0, "out of memory");
     return KR_ENOMEM;
   }
   t->mem = *mem;
@@ -483,19 +458,9 @@ int kr__user_token_table_parse(const kr_mem *mem, const char *text, size_t len,
                                            NULL, out, err, errlen);
 }
 
-/* strerror is not thread-safe; glibc's strerror_r (the GNU variant under
- * _GNU_SOURCE) returns the text instead of filling buf. */
-static const char *errno_text(int e, char *buf, size_t n) {
-#if defined(__GLIBC__) && defined(_GNU_SOURCE)
-  return strerror_r(e, buf, n);
-#else
-  return strerror_r(e, buf, n) == 0 ? buf : "unknown error";
-#endif
-}
-
-/* Reads the whole file into memory from mem (at most the byte limit + 1, to
- * tell "exactly at the limit" from "over"), then parses it. The file buffer
- * is always released before returning. */
+/* Reads the whole file into memory from mem (kr__file_read: bounded by the
+ * byte limit), then parses it. The file buffer is always released before
+ * returning. */
 int kr__user_token_table_load(const kr_mem *mem, const char *path,
                               kr__user_token_table **out, char *err,
                               size_t errlen) {
@@ -504,80 +469,22 @@ int kr__user_token_table_load(const kr_mem *mem, const char *path,
   if (out != NULL)
     *out = NULL;
   if (out == NULL || path == NULL) {
-    set_err(err, errlen, path ? path : "(null)", 0, "invalid argument");
+    kr__file_err(err, errlen, path ? path : "(null)", 0, "invalid argument");
     return KR_EINVAL;
   }
   if (mem == NULL)
     mem = kr_mem_default();
-  const size_t limit = KR__USER_TOKEN_FILE_MAX_BYTES;
-  char ebuf[128];
-
-  FILE *f = fopen(path, "rbe"); /* e: O_CLOEXEC */
-  if (f == NULL) {
-    int e = errno;
-    set_err(err, errlen, path, 0, "cannot open: %s",
-            errno_text(e, ebuf, sizeof ebuf));
-    return e == ENOENT ? KR_ENOENT : KR_EIO;
-  }
-  size_t cap = 64 * 1024;
-  struct stat st;
-  if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode)) {
-    if ((uintmax_t)st.st_size > limit) {
-      fclose(f);
-      set_err(err, errlen, path, 0, "larger than %zu bytes", limit);
-      return KR_ETOOBIG;
-    }
-    cap = (size_t)st.st_size + 1; /* + 1: room to see EOF in one read */
-  }
-
-  char *buf = kr__malloc(mem, cap);
+  char *buf = NULL;
   size_t len = 0;
-  int rc = buf ? 0 : KR_ENOMEM;
-  int read_errno = 0;
-  while (rc == 0) {
-    if (len == cap) {
-      if (cap > limit) {
-        rc = KR_ETOOBIG;
-        break;
-      }
-      size_t ncap = cap * 2 > limit + 1 ? limit + 1 : cap * 2;
-      char *nb = kr__realloc(mem, buf, ncap);
-      if (nb == NULL) {
-        rc = KR_ENOMEM;
-        break;
-      }
-      buf = nb;
-      cap = ncap;
-    }
-    size_t got = fread(buf + len, 1, cap - len, f);
-    len += got;
-    if (got == 0) {
-      if (ferror(f)) {
-        read_errno = errno;
-        rc = KR_EIO;
-      }
-      break;
-    }
-  }
-  fclose(f);
-  if (rc == 0 && len > limit)
-    rc = KR_ETOOBIG;
-  if (rc == 0) {
-    rc = kr__user_token_table_parse(mem, buf, len, path, out, err, errlen);
-  } else if (rc == KR_ETOOBIG) {
-    set_err(err, errlen, path, 0, "larger than %zu bytes", limit);
-  } else if (rc == KR_EIO) {
-    set_err(err, errlen, path, 0, "cannot read: %s",
-            errno_text(read_errno, ebuf, sizeof ebuf));
-  } else {
-    set_err(err, errlen, path, 0, "out of memory");
-  }
-  if (buf != NULL) {
-    /* The text holds no secrets (only hashes), but names are personal
-     * data: do not leave them in freed memory. */
-    memset(buf, 0, len);
-    kr__free(mem, buf);
-  }
+  int rc = kr__file_read(mem, path, KR__USER_TOKEN_FILE_MAX_BYTES, &buf, &len,
+                         err, errlen);
+  if (rc != 0)
+    return rc;
+  rc = kr__user_token_table_parse(mem, buf, len, path, out, err, errlen);
+  /* The text holds no secrets (only hashes), but names are personal data:
+   * do not leave them in freed memory. */
+  memset(buf, 0, len);
+  kr__free(mem, buf);
   return rc;
 }
 

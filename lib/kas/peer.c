@@ -7,6 +7,7 @@
 #include <kasroute/error.h>
 
 #include "core/jwt.h"
+#include "core/md_dup.h"
 #include "core/mem_internal.h"
 #include "core/mux_internal.h"
 #include "io/dial.h"
@@ -161,7 +162,7 @@ static void ev_cb(evutil_socket_t fd, short what, void *arg) {
  * refused link fails them before any was opened (and the router tries its
  * next candidate). */
 static void pc_ready(kr__conn *c, const kr_md *md, size_t n, void *ud) {
-  kr__peer *p = ud;
+  (void)ud;
   kr_mux_ping(kr__conn_mux(c), kr__now_us());
   kr__conn_kick(c);
 }
@@ -275,29 +276,6 @@ static int peer_new(kr_kas *k, const char *url, kr__peer **out) {
   return 0;
 }
 
-/* Copies md[0..n) into one allocation. */
-static kr_md *copy_md(const kr_md *md, size_t n) {
-  size_t bytes = n * sizeof(kr_md);
-  for (size_t i = 0; i < n; i++)
-    bytes += md[i].name_len + md[i].value_len;
-  kr_md *out = malloc(bytes ? bytes : 1);
-  if (!out)
-    return NULL;
-  uint8_t *q = (uint8_t *)(out + n);
-  for (size_t i = 0; i < n; i++) {
-    memcpy(q, md[i].name, md[i].name_len);
-    out[i].name = q;
-    out[i].name_len = md[i].name_len;
-    q += md[i].name_len;
-    if (md[i].value_len)
-      memcpy(q, md[i].value, md[i].value_len);
-    out[i].value = q;
-    out[i].value_len = md[i].value_len;
-    q += md[i].value_len;
-  }
-  return out;
-}
-
 int kr__peer_open_start(kr_kas *k, const char *url, const kr_md *md, size_t n,
                         int fin, const kr__stream_handler *h, void *stream_ud,
                         kr__peer_open_cb cb, void *cb_ud,
@@ -313,7 +291,7 @@ int kr__peer_open_start(kr_kas *k, const char *url, const kr_md *md, size_t n,
   if (p->n_pending >= PEER_MAX_PENDING)
     return KR_EAGAIN;
   kr__peer_open *o = calloc(1, sizeof(*o));
-  if (!o || !(o->md = copy_md(md, n))) {
+  if (!o || !(o->md = kr__md_dup(md, n))) {
     free(o);
     return KR_ENOMEM;
   }

@@ -3,8 +3,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "auth_helper.h"
+#include "core/sha256.h"
 
 int ta_run_suite(Suite *s) {
   SRunner *sr = srunner_create(s);
@@ -128,4 +131,63 @@ void ta_alloc_init(ta_alloc *a, long fail_at) {
   a->mem.realloc = ta_realloc;
   a->mem.free = ta_free;
   a->fail_at = fail_at;
+}
+
+void ta_hash_hex(const char *token, char *out) {
+  uint8_t h[KR__SHA256_LEN];
+  ck_assert_int_eq(kr__sha256(token, strlen(token), h), 0);
+  kr__hex_encode(h, sizeof h, out);
+}
+
+void ta_upper_hex(char *s) {
+  for (; *s; s++)
+    if (*s >= 'a' && *s <= 'f')
+      *s = (char)(*s - 'a' + 'A');
+}
+
+void ta_write_file(const char *path, const void *data, size_t len) {
+  FILE *f = fopen(path, "wb");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(fwrite(data, 1, len, f), len);
+  ck_assert_int_eq(fclose(f), 0);
+}
+
+void ta_check_load_errors(ta_loader load, const char *dir, size_t max,
+                          const char *existing) {
+  char path[512], want[700], err[512];
+  size_t count = 1;
+
+  snprintf(path, sizeof path, "%s/absent.txt", dir);
+  ck_assert_int_eq(load(path, &count, err, sizeof err), KR_ENOENT);
+  snprintf(want, sizeof want, "%s: cannot open: ", path);
+  ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "%s", err);
+
+  /* A directory opens but cannot be read. */
+  ck_assert_int_eq(load(dir, &count, err, sizeof err), KR_EIO);
+  snprintf(want, sizeof want, "%s: cannot read: ", dir);
+  ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "%s", err);
+
+  /* Exactly the byte limit (comment lines) loads; one byte more does not. */
+  char *big = malloc(max + 1);
+  ck_assert_ptr_nonnull(big);
+  for (size_t i = 0; i < max; i += 4096) {
+    memset(big + i, '#', 4095);
+    big[i + 4095] = '\n';
+  }
+  big[max] = '\n';
+  snprintf(path, sizeof path, "%s/big.txt", dir);
+  ta_write_file(path, big, max);
+  ck_assert_int_eq(load(path, &count, err, sizeof err), 0);
+  ck_assert_uint_eq(count, 0);
+  ta_write_file(path, big, max + 1);
+  ck_assert_int_eq(load(path, &count, err, sizeof err), KR_ETOOBIG);
+  snprintf(want, sizeof want, "%s: larger than %zu bytes", path, max);
+  ck_assert_str_eq(err, want);
+  free(big);
+  unlink(path);
+
+  if (geteuid() != 0) {
+    ck_assert_int_eq(chmod(existing, 0), 0);
+    ck_assert_int_eq(load(existing, &count, err, sizeof err), KR_EIO);
+  }
 }

@@ -12,20 +12,6 @@
 
 #define ERRLEN 256
 
-/* Lowercase hex SHA-256 of a token (kr__sha256 is checked against the FIPS
- * vectors in test_sha256). */
-static void hash_hex(const char *token, char out[KR__SHA256_HEX_LEN + 1]) {
-  uint8_t h[KR__SHA256_LEN];
-  ck_assert_int_eq(kr__sha256(token, strlen(token), h), 0);
-  kr__hex_encode(h, sizeof h, out);
-}
-
-static void upper(char *s) {
-  for (; *s; s++)
-    if (*s >= 'a' && *s <= 'f')
-      *s = (char)(*s - 'a' + 'A');
-}
-
 static kr__token_table *parse_ok(const char *text, size_t len) {
   kr__token_table *t = NULL;
   char err[ERRLEN] = "unset";
@@ -73,11 +59,11 @@ static void expect_error(const char *text, int want_rc, const char *want_err) {
 
 START_TEST(parse_valid_file) {
   char ha[65], hb[65], hc[65], hd[65];
-  hash_hex("tok-a", ha);
-  hash_hex("tok-b", hb);
-  hash_hex("tok-c", hc);
-  hash_hex("tok-d", hd);
-  upper(hb);
+  ta_hash_hex("tok-a", ha);
+  ta_hash_hex("tok-b", hb);
+  ta_hash_hex("tok-c", hc);
+  ta_hash_hex("tok-d", hd);
+  ta_upper_hex(hb);
   char text[2048];
   int n = snprintf(text, sizeof text,
                    "# agent tokens\n"
@@ -198,7 +184,7 @@ START_TEST(every_error_names_its_line) {
       {"5 H a\x1bz", KR_ECONFIG, "name contains a control character"},
   };
   char h[65];
-  hash_hex("tok", h);
+  ta_hash_hex("tok", h);
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char line[256], text[512], want[256];
     const char *src = cases[i].line;
@@ -237,7 +223,7 @@ END_TEST
 
 START_TEST(name_and_line_length_limits) {
   char h[65];
-  hash_hex("tok", h);
+  ta_hash_hex("tok", h);
   char text[8192];
   char name[300];
   memset(name, 'n', sizeof name);
@@ -276,10 +262,10 @@ END_TEST
 
 START_TEST(duplicate_hashes) {
   char ha[65], hb[65], hA[65];
-  hash_hex("tok-a", ha);
-  hash_hex("tok-b", hb);
+  ta_hash_hex("tok-a", ha);
+  ta_hash_hex("tok-b", hb);
   strcpy(hA, ha);
-  upper(hA);
+  ta_upper_hex(hA);
   char text[1024];
   snprintf(text, sizeof text,
            "# x\n1 %s a\n2 %s b\n\n3 %s a again under another id\n", ha, hb,
@@ -304,9 +290,9 @@ END_TEST
 
 START_TEST(explicit_limits) {
   char h[3][65];
-  hash_hex("t0", h[0]);
-  hash_hex("t1", h[1]);
-  hash_hex("t2", h[2]);
+  ta_hash_hex("t0", h[0]);
+  ta_hash_hex("t1", h[1]);
+  ta_hash_hex("t2", h[2]);
   char text[1024];
   snprintf(text, sizeof text, "1 %s a\n# c\n2 %s b\n3 %s c\n", h[0], h[1],
            h[2]);
@@ -378,7 +364,7 @@ START_TEST(million_entries) {
   for (size_t i = 0; i < count; i++) {
     char tok[32], h[65];
     snprintf(tok, sizeof tok, "token-%zu", i);
-    hash_hex(tok, h);
+    ta_hash_hex(tok, h);
     if (i == count - 1)
       len_1m = len;
     len += (size_t)sprintf(text + len, "%08zu %s n%07zu\n", i + 1, h, i);
@@ -437,7 +423,7 @@ START_TEST(errors_never_contain_the_token) {
   }
   /* Nor the hash of a duplicate. */
   char h[65];
-  hash_hex(secret, h);
+  ta_hash_hex(secret, h);
   snprintf(text, sizeof text, "1 %s a\n2 %s b\n", h, h);
   kr__token_table *t = NULL;
   ck_assert_int_eq(
@@ -469,7 +455,7 @@ START_TEST(lookup_many_random) {
     ta_rng_bytes(&r, raw, sizeof raw);
     kr__hex_encode(raw, sizeof raw, toks[i]);
     char h[65];
-    hash_hex(toks[i], h);
+    ta_hash_hex(toks[i], h);
     len += (size_t)snprintf(text + len, cap - len, "%d %s agent %d\n", i + 1, h,
                             i + 1);
   }
@@ -498,7 +484,7 @@ START_TEST(allocation_failures) {
   for (int i = 0; i < N; i++) {
     char tok[16], h[65];
     snprintf(tok, sizeof tok, "t%d", i);
-    hash_hex(tok, h);
+    ta_hash_hex(tok, h);
     len +=
         (size_t)sprintf(text + len, "%d %s agent number %d\n", i + 1, h, i + 1);
   }
@@ -548,11 +534,16 @@ static void make_tmpdir(void) {
   ck_assert_ptr_nonnull(mkdtemp(tmpdir));
 }
 
-static void write_file(const char *path, const char *data, size_t len) {
-  FILE *f = fopen(path, "wb");
-  ck_assert_ptr_nonnull(f);
-  ck_assert_uint_eq(fwrite(data, 1, len, f), len);
-  ck_assert_int_eq(fclose(f), 0);
+static int load_count(const char *path, size_t *count, char *err,
+                      size_t errlen) {
+  kr__token_table *t = (kr__token_table *)1;
+  int rc = kr__token_file_load(NULL, path, &t, err, errlen);
+  if (rc == 0)
+    *count = kr__token_table_count(t);
+  else
+    ck_assert_ptr_null(t);
+  kr__token_table_free(t);
+  return rc;
 }
 
 START_TEST(load_from_files) {
@@ -562,10 +553,10 @@ START_TEST(load_from_files) {
 
   /* A good file. */
   char h[65], text[256];
-  hash_hex("tok-file", h);
+  ta_hash_hex("tok-file", h);
   snprintf(text, sizeof text, "# kasd tokens\n42 %s file agent\n", h);
   snprintf(path, sizeof path, "%s/tokens.txt", tmpdir);
-  write_file(path, text, strlen(text));
+  ta_write_file(path, text, strlen(text));
   ck_assert_int_eq(kr__token_file_load(NULL, path, &t, err, ERRLEN), 0);
   ck_assert_str_eq(err, "");
   expect_found(t, "tok-file", 42, "file agent");
@@ -574,52 +565,15 @@ START_TEST(load_from_files) {
   /* Parse errors name the path. */
   snprintf(text, sizeof text, "# kasd tokens\n42 %s file agent\n\n43 %s x\n", h,
            "glpat-secret-token");
-  write_file(path, text, strlen(text));
+  ta_write_file(path, text, strlen(text));
   ck_assert_int_eq(kr__token_file_load(NULL, path, &t, err, ERRLEN),
                    KR_ECONFIG);
   ck_assert_ptr_null(t);
   snprintf(want, sizeof want, "%s:4: hash is not 64 hex characters", path);
   ck_assert_str_eq(err, want);
 
-  /* Missing file. */
-  snprintf(path, sizeof path, "%s/absent.txt", tmpdir);
-  ck_assert_int_eq(kr__token_file_load(NULL, path, &t, err, ERRLEN), KR_ENOENT);
-  snprintf(want, sizeof want, "%s: cannot open: ", path);
-  ck_assert(strncmp(err, want, strlen(want)) == 0);
-
-  /* A directory opens but cannot be read. */
-  ck_assert_int_eq(kr__token_file_load(NULL, tmpdir, &t, err, ERRLEN), KR_EIO);
-  snprintf(want, sizeof want, "%s: cannot read: ", tmpdir);
-  ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "%s", err);
-
-  /* Exactly 16 MiB (comment lines) loads; one byte more does not. */
-  size_t max = KR__TOKEN_FILE_MAX_BYTES;
-  char *big = malloc(max + 1);
-  ck_assert_ptr_nonnull(big);
-  for (size_t i = 0; i < max; i += 4096) {
-    memset(big + i, '#', 4095);
-    big[i + 4095] = '\n';
-  }
-  big[max] = '\n';
-  snprintf(path, sizeof path, "%s/big.txt", tmpdir);
-  write_file(path, big, max);
-  ck_assert_int_eq(kr__token_file_load(NULL, path, &t, err, ERRLEN), 0);
-  ck_assert_uint_eq(kr__token_table_count(t), 0);
-  kr__token_table_free(t);
-  write_file(path, big, max + 1);
-  ck_assert_int_eq(kr__token_file_load(NULL, path, &t, err, ERRLEN),
-                   KR_ETOOBIG);
-  snprintf(want, sizeof want, "%s: larger than %zu bytes", path, max);
-  ck_assert_str_eq(err, want);
-  free(big);
-  unlink(path);
-
-  /* Unreadable (root reads anyway, so only checked for other users). */
-  snprintf(path, sizeof path, "%s/tokens.txt", tmpdir);
-  if (geteuid() != 0) {
-    ck_assert_int_eq(chmod(path, 0), 0);
-    ck_assert_int_eq(kr__token_file_load(NULL, path, &t, err, ERRLEN), KR_EIO);
-  }
+  /* Missing, unreadable, at and over the size limit. */
+  ta_check_load_errors(load_count, tmpdir, KR__TOKEN_FILE_MAX_BYTES, path);
   unlink(path);
   ck_assert_int_eq(rmdir(tmpdir), 0);
   ck_assert_int_eq(kr__token_file_load(NULL, NULL, &t, err, ERRLEN), KR_EINVAL);
@@ -633,7 +587,7 @@ START_TEST(load_from_a_pipe) {
   snprintf(path, sizeof path, "%s/fifo", tmpdir);
   ck_assert_int_eq(mkfifo(path, 0600), 0);
   char h[65];
-  hash_hex("piped", h);
+  ta_hash_hex("piped", h);
   pid_t pid = fork();
   ck_assert_int_ge(pid, 0);
   if (pid == 0) {

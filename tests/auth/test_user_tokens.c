@@ -39,18 +39,6 @@ static void ct_reset(void) {
 
 /* ------------------------------------------------------------- helpers */
 
-static void hash_hex(const char *token, char out[KR__SHA256_HEX_LEN + 1]) {
-  uint8_t h[KR__SHA256_LEN];
-  ck_assert_int_eq(kr__sha256(token, strlen(token), h), 0);
-  kr__hex_encode(h, sizeof h, out);
-}
-
-static void upper(char *s) {
-  for (; *s; s++)
-    if (*s >= 'a' && *s <= 'f')
-      *s = (char)(*s - 'a' + 'A');
-}
-
 static kr__user_token_table *parse_ok(const char *text, size_t len) {
   kr__user_token_table *t = (kr__user_token_table *)1;
   char err[ERRLEN] = "unset";
@@ -123,11 +111,11 @@ static void expand(const char *src, const char *h, char *out, size_t cap) {
 
 START_TEST(parse_valid_file) {
   char ha[65], hb[65], hc[65], hd[65];
-  hash_hex("tok-a", ha);
-  hash_hex("tok-b", hb);
-  hash_hex("tok-c", hc);
-  hash_hex("tok-d", hd);
-  upper(hb);
+  ta_hash_hex("tok-a", ha);
+  ta_hash_hex("tok-b", hb);
+  ta_hash_hex("tok-c", hc);
+  ta_hash_hex("tok-d", hd);
+  ta_upper_hex(hb);
   char text[4096];
   int n = snprintf(text, sizeof text,
                    "# SHA256_HEX AGENTS USER [GROUPS]\n"
@@ -316,7 +304,7 @@ START_TEST(every_error_names_its_line) {
       {"H 1 a dev,ops,dev", KR_ECONFIG, "group listed twice"},
   };
   char h[65];
-  hash_hex("tok", h);
+  ta_hash_hex("tok", h);
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char line[8192], text[8400], want[512];
     expand(cases[i].line, h, line, sizeof line);
@@ -344,7 +332,7 @@ END_TEST
 
 START_TEST(field_limits) {
   char h[65];
-  hash_hex("tok", h);
+  ta_hash_hex("tok", h);
   static char text[20000];
   char name[300];
   memset(name, 'n', sizeof name);
@@ -406,10 +394,10 @@ END_TEST
 
 START_TEST(duplicate_hashes) {
   char ha[65], hb[65], hA[65];
-  hash_hex("tok-a", ha);
-  hash_hex("tok-b", hb);
+  ta_hash_hex("tok-a", ha);
+  ta_hash_hex("tok-b", hb);
   strcpy(hA, ha);
-  upper(hA);
+  ta_upper_hex(hA);
   char text[1024];
   snprintf(text, sizeof text, "# x\n%s 1 a\n%s 2 b\n\n%s 3 c g\n", ha, hb, hA);
   expect_error(text, KR_ECONFIG, "u.txt:5: hash duplicates the one on line 2");
@@ -429,8 +417,8 @@ END_TEST
 
 START_TEST(explicit_limits) {
   char ha[65], hb[65];
-  hash_hex("a", ha);
-  hash_hex("b", hb);
+  ta_hash_hex("a", ha);
+  ta_hash_hex("b", hb);
   char text[512];
   snprintf(text, sizeof text, "%s 1 a\n%s 2 b\n", ha, hb);
   size_t len = strlen(text);
@@ -482,7 +470,7 @@ START_TEST(errors_never_contain_the_token) {
       "H 1 glpat-SECRETSECRET\x01",
   };
   char h[65];
-  hash_hex("tok", h);
+  ta_hash_hex("tok", h);
   for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
     char line[512];
     expand(lines[i], h, line, sizeof line);
@@ -513,7 +501,7 @@ START_TEST(constant_time_structure) {
   for (int i = 0; i < N; i++) {
     char tok[32], h[65];
     snprintf(tok, sizeof tok, "user-token-%d", i);
-    hash_hex(tok, h);
+    ta_hash_hex(tok, h);
     len += (size_t)sprintf(text + len, "%s %d u%d\n", h, i + 1, i);
   }
   kr__user_token_table *t = parse_ok(text, len);
@@ -584,7 +572,7 @@ START_TEST(lookup_many_random) {
     ta_rng_bytes(&r, raw, sizeof raw);
     kr__hex_encode(raw, sizeof raw, toks[i]);
     char h[65];
-    hash_hex(toks[i], h);
+    ta_hash_hex(toks[i], h);
     len += (size_t)sprintf(text + len, "%s %d,%d user%d grp%d\n", h, i + 1,
                            i + N + 1, i, i % 7);
   }
@@ -618,7 +606,7 @@ START_TEST(allocation_failures) {
   for (int i = 0; i < N; i++) {
     char tok[16], h[65];
     snprintf(tok, sizeof tok, "t%d", i);
-    hash_hex(tok, h);
+    ta_hash_hex(tok, h);
     len += (size_t)sprintf(text + len, "%s %d,%d user-%d g%d,h\n", h, i + 1,
                            i + 2, i, i);
   }
@@ -654,11 +642,16 @@ END_TEST
 
 static char tmpdir[64];
 
-static void write_file(const char *path, const char *data, size_t len) {
-  FILE *f = fopen(path, "wb");
-  ck_assert_ptr_nonnull(f);
-  ck_assert_uint_eq(fwrite(data, 1, len, f), len);
-  ck_assert_int_eq(fclose(f), 0);
+static int load_count(const char *path, size_t *count, char *err,
+                      size_t errlen) {
+  kr__user_token_table *t = (kr__user_token_table *)1;
+  int rc = kr__user_token_table_load(NULL, path, &t, err, errlen);
+  if (rc == 0)
+    *count = kr__user_token_table_count(t);
+  else
+    ck_assert_ptr_null(t);
+  kr__user_token_table_free(t);
+  return rc;
 }
 
 START_TEST(load_from_files) {
@@ -668,10 +661,10 @@ START_TEST(load_from_files) {
   kr__user_token_table *t = (kr__user_token_table *)1;
 
   char h[65], text[256];
-  hash_hex("tok-file", h);
+  ta_hash_hex("tok-file", h);
   snprintf(text, sizeof text, "# users\n%s 42 alice dev\n", h);
   snprintf(path, sizeof path, "%s/users.txt", tmpdir);
-  write_file(path, text, strlen(text));
+  ta_write_file(path, text, strlen(text));
   ck_assert_int_eq(kr__user_token_table_load(NULL, path, &t, err, ERRLEN), 0);
   ck_assert_str_eq(err, "");
   kr__user_token_entry e = found(t, "tok-file");
@@ -681,52 +674,15 @@ START_TEST(load_from_files) {
 
   /* Parse errors name the path. */
   snprintf(text, sizeof text, "%s 42 alice\n\nglpat-x 43 bob\n", h);
-  write_file(path, text, strlen(text));
+  ta_write_file(path, text, strlen(text));
   ck_assert_int_eq(kr__user_token_table_load(NULL, path, &t, err, ERRLEN),
                    KR_ECONFIG);
   ck_assert_ptr_null(t);
   snprintf(want, sizeof want, "%s:3: hash is not 64 hex characters", path);
   ck_assert_str_eq(err, want);
 
-  snprintf(path, sizeof path, "%s/absent.txt", tmpdir);
-  ck_assert_int_eq(kr__user_token_table_load(NULL, path, &t, err, ERRLEN),
-                   KR_ENOENT);
-  snprintf(want, sizeof want, "%s: cannot open: ", path);
-  ck_assert(strncmp(err, want, strlen(want)) == 0);
-
-  ck_assert_int_eq(kr__user_token_table_load(NULL, tmpdir, &t, err, ERRLEN),
-                   KR_EIO);
-  snprintf(want, sizeof want, "%s: cannot read: ", tmpdir);
-  ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "%s", err);
-
-  /* Exactly the byte limit (comment lines) loads; one byte more does not. */
-  size_t max = KR__USER_TOKEN_FILE_MAX_BYTES;
-  char *big = malloc(max + 1);
-  ck_assert_ptr_nonnull(big);
-  for (size_t i = 0; i < max; i += 4096) {
-    memset(big + i, '#', 4095);
-    big[i + 4095] = '\n';
-  }
-  big[max] = '\n';
-  snprintf(path, sizeof path, "%s/big.txt", tmpdir);
-  write_file(path, big, max);
-  ck_assert_int_eq(kr__user_token_table_load(NULL, path, &t, err, ERRLEN), 0);
-  ck_assert_uint_eq(kr__user_token_table_count(t), 0);
-  kr__user_token_table_free(t);
-  write_file(path, big, max + 1);
-  ck_assert_int_eq(kr__user_token_table_load(NULL, path, &t, err, ERRLEN),
-                   KR_ETOOBIG);
-  snprintf(want, sizeof want, "%s: larger than %zu bytes", path, max);
-  ck_assert_str_eq(err, want);
-  free(big);
-  unlink(path);
-
-  snprintf(path, sizeof path, "%s/users.txt", tmpdir);
-  if (geteuid() != 0) {
-    ck_assert_int_eq(chmod(path, 0), 0);
-    ck_assert_int_eq(kr__user_token_table_load(NULL, path, &t, err, ERRLEN),
-                     KR_EIO);
-  }
+  /* Missing, unreadable, at and over the size limit. */
+  ta_check_load_errors(load_count, tmpdir, KR__USER_TOKEN_FILE_MAX_BYTES, path);
   unlink(path);
   ck_assert_int_eq(rmdir(tmpdir), 0);
   ck_assert_int_eq(kr__user_token_table_load(NULL, NULL, &t, err, ERRLEN),

@@ -12,115 +12,36 @@
  */
 #include <check.h>
 #include <hiredis/hiredis.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/time.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "core/presence.h"
+#include "redis_helper.h"
 
-static pid_t g_redis, g_owner;
 static int g_port;
 
 /* ------------------------------------------------------------- server */
 
-static int have_program(const char *name) {
-  const char *path = getenv("PATH");
-  char buf[4096];
-  snprintf(buf, sizeof buf, "%s", path ? path : "");
-  char *save = NULL;
-  for (char *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-    char f[4200];
-    snprintf(f, sizeof f, "%s/%s", d, name);
-    if (access(f, X_OK) == 0)
-      return 1;
-  }
-  return 0;
-}
-
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET,
-                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t len = sizeof a;
-  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-      getsockname(fd, (struct sockaddr *)&a, &len) != 0)
-    return -1;
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
-/* Only the process that started the server ends it (Check runs each test
- * in a forked child, which runs atexit handlers too). */
+/* Ends the server and removes its files (only in the process that started
+ * it: Check runs each test in a forked child, which runs atexit handlers
+ * too). */
 static void stop_redis(void) {
-  if (g_redis > 0 && getpid() == g_owner) {
-    kill(g_redis, SIGKILL);
-    waitpid(g_redis, NULL, 0);
-    g_redis = 0;
-  }
+  tr_kill_all();
+  tr_remove_tmpdir();
 }
 
-/* Starts redis-server and waits for its "Ready to accept connections"
- * line (at most 10 s). 0 or -1. */
+/* Starts redis-server on a free port and waits until it answers. 0 or -1
+ * (the reason is on stderr). */
 static int start_redis(void) {
-  g_port = free_port();
-  int pfd[2];
-  if (g_port < 0 || pipe(pfd) != 0)
+  g_port = tr_free_port();
+  if (g_port < 0)
     return -1;
-  char port[16];
-  snprintf(port, sizeof port, "%d", g_port);
-  pid_t parent = getpid();
-  g_owner = parent;
-  g_redis = fork();
-  if (g_redis < 0)
-    return -1;
-  if (g_redis == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-      _exit(127);
-    dup2(pfd[1], 1);
-    dup2(pfd[1], 2);
-    close(pfd[0]);
-    char *argv[] = {"redis-server", "--port",    port, "--bind",
-                    "127.0.0.1",    "--save",    "",   "--appendonly",
-                    "no",           "--logfile", "",   "--daemonize",
-                    "no",           NULL};
-    execvp(argv[0], argv);
-    _exit(127);
-  }
-  close(pfd[1]);
-  char log[8192];
-  size_t have = 0;
-  int ready = 0;
-  while (!ready) {
-    struct pollfd p = {pfd[0], POLLIN, 0};
-    if (poll(&p, 1, 10000) <= 0)
-      break;
-    ssize_t n = read(pfd[0], log + have, sizeof log - 1 - have);
-    if (n <= 0)
-      break;
-    have += (size_t)n;
-    log[have] = '\0';
-    ready = strstr(log, "Ready to accept connections") != NULL;
-    if (have >= sizeof log - 1) /* keep the tail for the marker */
-      have = 0;
-  }
-  /* Later log lines are not wanted: redis ignores SIGPIPE and drops
-   * them, and a full pipe can never stall it. */
-  close(pfd[0]);
-  if (!ready) {
-    fprintf(stderr, "redis-server did not start:\n%s\n", log);
-    return -1;
-  }
-  return 0;
+  return tr_redis_start(g_port, NULL) > 0 ? 0 : -1;
 }
 
 /* ------------------------------------------------------------- driving */
@@ -566,7 +487,7 @@ END_TEST
 
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
-  if (!have_program("redis-server")) {
+  if (!tr_have_program("redis-server")) {
     fprintf(stderr, "SKIP: redis-server not found in PATH: the presence "
                     "schema test needs a real Redis (apt-get install "
                     "redis-server)\n");

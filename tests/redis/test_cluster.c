@@ -14,15 +14,11 @@
 #include <check.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,76 +28,23 @@
 #include "core/registry.h"
 #include "io/conn.h"
 #include "kas/cluster.h"
+#include "redis_helper.h"
 
 /* ------------------------------------------------------------ processes */
 
-#define MAX_PROCS 4
-static pid_t procs[MAX_PROCS];
-static char tmpdir[512];
+/* Servers come from redis_helper.c; a failure there fails the test. */
+static void abort_case(const char *why) {
+  ck_abort_msg("%s", why);
+}
 
+/* Ends the servers and removes their files (teardown and exit). */
 static void kill_all(void) {
-  for (int i = 0; i < MAX_PROCS; i++)
-    if (procs[i] > 0) {
-      kill(procs[i], SIGCONT);
-      kill(procs[i], SIGKILL);
-      waitpid(procs[i], NULL, 0);
-      procs[i] = 0;
-    }
-  if (tmpdir[0]) {
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0)
-      fprintf(stderr, "cannot remove %s\n", tmpdir);
-    tmpdir[0] = 0;
-  }
-}
-
-static int have_program(const char *name) {
-  const char *path = getenv("PATH");
-  char buf[4096];
-  snprintf(buf, sizeof(buf), "%s", path ? path : "");
-  char *save = NULL;
-  for (char *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-    char f[4200];
-    snprintf(f, sizeof(f), "%s/%s", d, name);
-    if (access(f, X_OK) == 0)
-      return 1;
-  }
-  return 0;
-}
-
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET,
-                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t len = sizeof(a);
-  ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-  ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
-/* One synchronous command on a fresh blocking connection (setup and
- * checks only). NULL when the server cannot be reached. */
-static redisReply *sync_cmd(int port, const char *fmt, ...) {
-  struct timeval tv = {1, 0};
-  redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-  if (!c || c->err) {
-    if (c)
-      redisFree(c);
-    return NULL;
-  }
-  redisSetTimeout(c, tv);
-  va_list ap;
-  va_start(ap, fmt);
-  redisReply *rep = redisvCommand(c, fmt, ap);
-  va_end(ap);
-  redisFree(c);
-  return rep;
+  tr_kill_all();
+  tr_remove_tmpdir();
 }
 
 static long long sync_int(int port, const char *fmt, const char *arg) {
-  redisReply *rep = sync_cmd(port, fmt, arg);
+  redisReply *rep = tr_sync_cmd(port, fmt, arg);
   ck_assert_ptr_nonnull(rep);
   ck_assert_int_eq(rep->type, REDIS_REPLY_INTEGER);
   long long v = rep->integer;
@@ -109,82 +52,10 @@ static long long sync_int(int port, const char *fmt, const char *arg) {
   return v;
 }
 
-static void pause_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
-/* Starts redis-server on port and waits (polling: an external process
- * offers no event) until it answers PING. */
+/* redis-server on port, with a password when not NULL. */
 static pid_t start_redis(int port, const char *password) {
-  if (!tmpdir[0]) {
-    const char *t = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof(tmpdir), "%s/krcluster.XXXXXX", t ? t : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-  }
-  char portstr[16], log[700];
-  snprintf(portstr, sizeof(portstr), "%d", port);
-  snprintf(log, sizeof(log), "%s/redis-%d.log", tmpdir, port);
-  pid_t parent = getpid();
-  pid_t pid = fork();
-  ck_assert_int_ge(pid, 0);
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-      _exit(127);
-    FILE *f = fopen(log, "a");
-    if (f) {
-      dup2(fileno(f), 1);
-      dup2(fileno(f), 2);
-    }
-    char *argv[] = {"redis-server",
-                    "--port",
-                    portstr,
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--bind",
-                    "127.0.0.1",
-                    "--daemonize",
-                    "no",
-                    "--dir",
-                    tmpdir,
-                    password ? "--requirepass" : NULL,
-                    (char *)password,
-                    NULL};
-    execvp(argv[0], argv);
-    _exit(127);
-  }
-  int slot = -1;
-  for (int i = 0; i < MAX_PROCS && slot < 0; i++)
-    if (procs[i] == 0)
-      slot = i;
-  ck_assert_int_ge(slot, 0);
-  procs[slot] = pid;
-  for (int i = 0; i < 500; i++) {
-    int st;
-    ck_assert_msg(waitpid(pid, &st, WNOHANG) == 0,
-                  "redis-server exited at start (see %s)", log);
-    redisReply *rep = sync_cmd(port, "PING");
-    if (rep) {
-      freeReplyObject(rep);
-      return pid;
-    }
-    pause_ms(20);
-  }
-  ck_abort_msg("redis-server on port %d not ready", port);
-  return -1;
-}
-
-static void end_proc(pid_t pid) {
-  for (int i = 0; i < MAX_PROCS; i++)
-    if (procs[i] == pid) {
-      kill(pid, SIGCONT);
-      kill(pid, SIGKILL);
-      waitpid(pid, NULL, 0);
-      procs[i] = 0;
-    }
+  return password ? tr_redis_start(port, "--requirepass", password, NULL)
+                  : tr_redis_start(port, NULL);
 }
 
 /* ------------------------------------------------------------- the loop */
@@ -332,7 +203,7 @@ static int cond_subscribed(void *arg) {
   (void)arg;
   char chan[64];
   snprintf(chan, sizeof(chan), "%swake", g_prefix);
-  redisReply *rep = sync_cmd(g_port, "PUBSUB NUMSUB %s", chan);
+  redisReply *rep = tr_sync_cmd(g_port, "PUBSUB NUMSUB %s", chan);
   int ok = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
            rep->element[1]->integer >= g_want_subs;
   if (rep)
@@ -558,7 +429,7 @@ START_TEST(t_config) {
 
   /* Valid settings, nothing listening: lookups and listings fail fast;
    * sentinel lists are accepted. */
-  int port = free_port();
+  int port = tr_free_port();
   char url[64];
   snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
   kr__cluster_config ok = {
@@ -603,7 +474,7 @@ static int woke(void *arg) {
 
 START_TEST(t_wake_lookup) {
   setup();
-  g_port = free_port();
+  g_port = tr_free_port();
   start_redis(g_port, NULL);
   node a, b, cc;
   node_start(&a, "kas-a", NULL);
@@ -694,7 +565,7 @@ END_TEST
 
 START_TEST(t_list) {
   setup();
-  g_port = free_port();
+  g_port = tr_free_port();
   start_redis(g_port, NULL);
   node a, b, cc;
   node_start(&a, "kas-a", NULL);
@@ -760,7 +631,7 @@ static kr__presence_config fast_presence(void) {
 
 START_TEST(t_crash) {
   setup();
-  g_port = free_port();
+  g_port = tr_free_port();
   start_redis(g_port, NULL);
   kr__presence_config pc = fast_presence();
   node a, b;
@@ -799,7 +670,7 @@ static int g_keys_port;
 static const char *g_keys_pattern;
 static int cond_no_keys(void *arg) {
   (void)arg;
-  redisReply *rep = sync_cmd(g_keys_port, "KEYS %s", g_keys_pattern);
+  redisReply *rep = tr_sync_cmd(g_keys_port, "KEYS %s", g_keys_pattern);
   int ok = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 0;
   if (rep)
     freeReplyObject(rep);
@@ -810,7 +681,7 @@ static int cond_no_keys(void *arg) {
  * looks up. */
 START_TEST(t_sweep) {
   setup();
-  g_port = free_port();
+  g_port = tr_free_port();
   start_redis(g_port, NULL);
   kr__presence_config pc = fast_presence();
   pc.sweep_period_ms = 1500;
@@ -844,7 +715,7 @@ END_TEST
  * reply notices, and the state is written again. */
 START_TEST(t_flush) {
   setup();
-  g_port = free_port();
+  g_port = tr_free_port();
   start_redis(g_port, NULL);
   kr__presence_config pc = fast_presence();
   node a, b;
@@ -855,7 +726,7 @@ START_TEST(t_flush) {
   add_tunnel(&a, 42, "pod");
   lres r;
   lookup_until(&b, 42, 1, &r, 2000);
-  redisReply *rep = sync_cmd(g_port, "FLUSHALL");
+  redisReply *rep = tr_sync_cmd(g_port, "FLUSHALL");
   ck_assert_ptr_nonnull(rep);
   freeReplyObject(rep);
   ck_assert_int_eq(lookup(&b, 42, &r), 0);
@@ -878,7 +749,7 @@ static int cond_conflict(void *arg) {
 START_TEST(t_conflict) {
   setup();
   kr_log_set_handler(on_log, NULL);
-  g_port = free_port();
+  g_port = tr_free_port();
   start_redis(g_port, NULL);
   kr__presence_config pc = fast_presence();
   node a, a2;
@@ -912,7 +783,7 @@ static int cond_done(void *arg) {
 
 START_TEST(t_shutdown) {
   setup();
-  g_port = free_port();
+  g_port = tr_free_port();
   pid_t pid = start_redis(g_port, NULL);
   node a, b;
   node_start(&a, "kas-a", NULL);
@@ -956,7 +827,7 @@ START_TEST(t_shutdown) {
 
   /* Redis down: done comes promptly, from the loop; free inside it. */
   node_free(&a);
-  end_proc(pid);
+  tr_end_proc(pid);
   node *bb[] = {&b, NULL};
   ck_assert(run_until(cond_down, bb, 5000));
   g_done = 0;
@@ -981,7 +852,7 @@ static int cond_resynced(void *arg) {
 
 START_TEST(t_restart) {
   setup();
-  g_port = free_port();
+  g_port = tr_free_port();
   pid_t pid = start_redis(g_port, NULL);
   node a, b;
   node_start(&a, "kas-a", NULL);
@@ -992,7 +863,7 @@ START_TEST(t_restart) {
   lres r;
   lookup_until(&b, 42, 1, &r, 2000);
 
-  end_proc(pid);
+  tr_end_proc(pid);
   ck_assert(run_until(cond_down, all, 5000));
   /* Fail fast while Redis is away. */
   kr_time_us t0 = kr__now_us();
@@ -1024,7 +895,7 @@ END_TEST
 
 START_TEST(t_timeout) {
   setup();
-  g_port = free_port();
+  g_port = tr_free_port();
   pid_t pid = start_redis(g_port, NULL);
   node a, b;
   kr__cluster_config ca = {.url = redis_url(), .redis_timeout_ms = 300};
@@ -1057,7 +928,7 @@ START_TEST(t_password) {
   setup();
   kr_log_set_handler(on_log, NULL);
   kr_log_set_level(KR_LOG_DEBUG);
-  g_port = free_port();
+  g_port = tr_free_port();
   start_redis(g_port, "s3cret:pw");
   node a, b;
   kr__cluster_config ca = {.url = redis_url(), .password = "s3cret:pw"};
@@ -1090,7 +961,7 @@ END_TEST
 
 START_TEST(t_not_here) {
   setup();
-  g_port = free_port();
+  g_port = tr_free_port();
   start_redis(g_port, NULL);
   node a, b;
   node_start(&a, "kas-a", NULL);
@@ -1122,7 +993,7 @@ END_TEST
 
 START_TEST(t_free_inside) {
   setup();
-  g_port = free_port();
+  g_port = tr_free_port();
   pid_t pid = start_redis(g_port, NULL);
   node a, b, cc;
   node_start(&a, "kas-a", NULL);
@@ -1161,7 +1032,7 @@ START_TEST(t_free_inside) {
 
   /* Inside the resync after a restart. */
   a.free_on_resync = 1;
-  end_proc(pid);
+  tr_end_proc(pid);
   node *aa[] = {&a, NULL};
   ck_assert(run_until(cond_down, aa, 5000));
   start_redis(g_port, NULL);
@@ -1181,11 +1052,12 @@ int main(void) {
   signal(SIGPIPE, SIG_IGN);
   const char *only = getenv("CK_RUN_CASE");
   int need_server = !only || strcmp(only, "config") != 0;
-  if (need_server && !have_program("redis-server")) {
+  if (need_server && !tr_have_program("redis-server")) {
     fprintf(stderr, "SKIP: redis-server not found in PATH: these tests need "
                     "a real Redis (apt-get install redis-server)\n");
     return 77;
   }
+  tr_on_failure(abort_case);
   atexit(kill_all);
   Suite *s = suite_create("cluster");
   struct {

@@ -20,10 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,174 +29,13 @@
 
 #include "io/conn.h"
 #include "io/redis.h"
+#include "redis_helper.h"
 
 /* ------------------------------------------------------------ processes */
 
-#define MAX_PROCS 8
-static pid_t procs[MAX_PROCS];
-static char tmpdir[512];
-
-static void kill_all(void) {
-  for (int i = 0; i < MAX_PROCS; i++)
-    if (procs[i] > 0) {
-      kill(procs[i], SIGCONT);
-      kill(procs[i], SIGKILL);
-      waitpid(procs[i], NULL, 0);
-      procs[i] = 0;
-    }
-}
-
-static int have_program(const char *name) {
-  const char *path = getenv("PATH");
-  if (!path)
-    return 0;
-  char buf[4096];
-  snprintf(buf, sizeof(buf), "%s", path);
-  char *save = NULL;
-  for (char *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-    char f[4200];
-    snprintf(f, sizeof(f), "%s/%s", d, name);
-    if (access(f, X_OK) == 0)
-      return 1;
-  }
-  return 0;
-}
-
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET,
-                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t len = sizeof(a);
-  ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-  ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
-static void make_tmpdir(void) {
-  if (tmpdir[0])
-    return;
-  const char *t = getenv("TMPDIR");
-  snprintf(tmpdir, sizeof(tmpdir), "%s/krredis.XXXXXX", t ? t : "/tmp");
-  ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
-
-static void remove_tmpdir(void) {
-  if (!tmpdir[0])
-    return;
-  char cmd[600];
-  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-  if (system(cmd) != 0)
-    fprintf(stderr, "cannot remove %s\n", tmpdir);
-  tmpdir[0] = 0;
-}
-
-/* Runs argv with its output in tmpdir/<log>; returns the pid. */
-static pid_t spawn(char *const argv[], const char *log) {
-  make_tmpdir();
-  char path[700];
-  snprintf(path, sizeof(path), "%s/%s", tmpdir, log);
-  pid_t parent = getpid();
-  pid_t pid = fork();
-  ck_assert_int_ge(pid, 0);
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-      _exit(127);
-    FILE *f = fopen(path, "a");
-    if (f) {
-      dup2(fileno(f), 1);
-      dup2(fileno(f), 2);
-    }
-    if (chdir(tmpdir) != 0)
-      _exit(127);
-    execvp(argv[0], argv);
-    _exit(127);
-  }
-  for (int i = 0; i < MAX_PROCS; i++)
-    if (procs[i] == 0) {
-      procs[i] = pid;
-      return pid;
-    }
-  ck_abort_msg("too many processes");
-  return -1;
-}
-
-static void end_proc(pid_t pid) {
-  for (int i = 0; i < MAX_PROCS; i++)
-    if (procs[i] == pid) {
-      kill(pid, SIGCONT);
-      kill(pid, SIGKILL);
-      waitpid(pid, NULL, 0);
-      procs[i] = 0;
-    }
-}
-
-/* One synchronous command on a fresh blocking connection (test setup and
- * checks only). NULL when the server cannot be reached. */
-static redisReply *sync_cmd(int port, const char *fmt, ...) {
-  struct timeval tv = {1, 0};
-  redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-  if (!c || c->err) {
-    if (c)
-      redisFree(c);
-    return NULL;
-  }
-  redisSetTimeout(c, tv);
-  va_list ap;
-  va_start(ap, fmt);
-  redisReply *rep = redisvCommand(c, fmt, ap);
-  va_end(ap);
-  redisFree(c);
-  return rep;
-}
-
-static void pause_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
-/* Waits (polling: an external process offers no event to wait on) until
- * the server on port answers PING, or aborts the test. */
-static void wait_ready(pid_t pid, int port) {
-  for (int i = 0; i < 500; i++) {
-    int st;
-    ck_assert_msg(waitpid(pid, &st, WNOHANG) == 0,
-                  "server on port %d exited at start (see %s)", port, tmpdir);
-    redisReply *rep = sync_cmd(port, "PING");
-    if (rep) {
-      int loading = rep->type == REDIS_REPLY_ERROR &&
-                    strncmp(rep->str, "LOADING", 7) == 0;
-      freeReplyObject(rep);
-      if (!loading)
-        return;
-    }
-    pause_ms(20);
-  }
-  ck_abort_msg("server on port %d not ready", port);
-}
-
-/* redis-server on port with extra arguments (NULL-terminated). */
-static pid_t start_redis(int port, ...) {
-  char portstr[16], log[32];
-  snprintf(portstr, sizeof(portstr), "%d", port);
-  snprintf(log, sizeof(log), "redis-%d.log", port);
-  char *argv[32] = {
-      "redis-server", "--port", portstr,  "--save",    "",
-      "--appendonly", "no",     "--bind", "127.0.0.1", "--daemonize",
-      "no",           "--dir",  tmpdir};
-  int n = 13;
-  va_list ap;
-  va_start(ap, port);
-  for (char *a; n < 30 && (a = va_arg(ap, char *)) != NULL;)
-    argv[n++] = a;
-  va_end(ap);
-  argv[n] = NULL;
-  make_tmpdir();
-  argv[12] = tmpdir;
-  pid_t pid = spawn(argv, log);
-  wait_ready(pid, port);
-  return pid;
+/* Servers come from redis_helper.c; a failure there fails the test. */
+static void abort_case(const char *why) {
+  ck_abort_msg("%s", why);
 }
 
 /* -------------------------------------------------------------- the loop */
@@ -411,8 +247,8 @@ static void teardown_ctx(tctx *t) {
   kr__redis_free(t->r);
   t->r = NULL;
   event_base_free(t->base);
-  kill_all();
-  remove_tmpdir();
+  tr_kill_all();
+  tr_remove_tmpdir();
 }
 
 static char *url_for(int port, const char *auth, const char *db) {
@@ -503,8 +339,8 @@ END_TEST
 START_TEST(t_basic) {
   tctx t;
   setup_ctx(&t);
-  int port = free_port();
-  start_redis(port, NULL);
+  int port = tr_free_port();
+  tr_redis_start(port, NULL);
   kr__redis_opts o = {.url = url_for(port, NULL, NULL)};
   client(&t, &o);
   wait_ups(&t, 1, 5000);
@@ -569,8 +405,8 @@ static int cond_pipe(void *arg) {
 START_TEST(t_pipeline) {
   tctx t;
   setup_ctx(&t);
-  int port = free_port();
-  start_redis(port, NULL);
+  int port = tr_free_port();
+  tr_redis_start(port, NULL);
   /* Under valgrind 10,000 replies take longer than the default 2 s. */
   kr__redis_opts o = {.url = url_for(port, NULL, NULL),
                       .command_timeout_ms = getenv("KR_VALGRIND") ? 30000 : 0};
@@ -647,8 +483,8 @@ END_TEST
 START_TEST(t_command_timeout) {
   tctx t;
   setup_ctx(&t);
-  int port = free_port();
-  pid_t pid = start_redis(port, NULL);
+  int port = tr_free_port();
+  pid_t pid = tr_redis_start(port, NULL);
   kr__redis_opts o = {.url = url_for(port, NULL, NULL),
                       .command_timeout_ms = 500,
                       .connect_timeout_ms = 500};
@@ -707,8 +543,8 @@ static void publish(tctx *pub, const char *chan, const char *msg, size_t len) {
 START_TEST(t_restart) {
   tctx t;
   setup_ctx(&t);
-  int port = free_port();
-  pid_t pid = start_redis(port, NULL);
+  int port = tr_free_port();
+  pid_t pid = tr_redis_start(port, NULL);
   kr__redis_opts o = {.url = url_for(port, NULL, NULL)};
   client(&t, &o);
   ck_assert_int_eq(kr__redis_subscribe(t.r, "news", on_message, &t), 0);
@@ -718,7 +554,7 @@ START_TEST(t_restart) {
   wait_msgs(&t, 1, 5000);
   ck_assert_str_eq(t.last_chan, "news");
 
-  end_proc(pid);
+  tr_end_proc(pid);
   wait_downs(&t, 1, 5000);
   wait_sub_downs(&t, 1, 5000);
   ck_assert_int_eq(kr__redis_is_up(t.r), 0);
@@ -726,7 +562,7 @@ START_TEST(t_restart) {
   ck_assert_int_eq(kr__redis_command_argv(t.r, 1, ping, NULL, NULL, NULL),
                    KR_ECLOSED);
 
-  start_redis(port, NULL);
+  tr_redis_start(port, NULL);
   wait_ups(&t, 2, 10000);
   wait_sub_ups(&t, 2, 10000);
   publish(&t, "news", "two", 3);
@@ -755,8 +591,8 @@ static int publish_until_received(tctx *t, const char *chan) {
 START_TEST(t_pubsub) {
   tctx t;
   setup_ctx(&t);
-  int port = free_port();
-  start_redis(port, NULL);
+  int port = tr_free_port();
+  tr_redis_start(port, NULL);
   kr__redis_opts o = {.url = url_for(port, NULL, NULL)};
   client(&t, &o);
   ck_assert_int_eq(kr__redis_subscribe(t.r, "a", on_message, &t), 0);
@@ -790,8 +626,8 @@ START_TEST(t_auth) {
   kr_log_set_level(KR_LOG_DEBUG);
   tctx t;
   setup_ctx(&t);
-  int port = free_port();
-  start_redis(port, "--requirepass", "s3cret", NULL);
+  int port = tr_free_port();
+  tr_redis_start(port, "--requirepass", "s3cret", NULL);
 
   kr__redis_opts o = {.url = url_for(port, ":s3cret", "/1")};
   client(&t, &o);
@@ -851,8 +687,8 @@ END_TEST
 START_TEST(t_free_inside) {
   tctx t;
   setup_ctx(&t);
-  int port = free_port();
-  start_redis(port, NULL);
+  int port = tr_free_port();
+  tr_redis_start(port, NULL);
   kr__redis_opts o = {.url = url_for(port, NULL, NULL)};
 
   /* Inside a reply callback, with more commands pending: they fail once
@@ -924,7 +760,7 @@ END_TEST
 /* ------------------------------------------------------------- sentinel */
 
 static int sentinel_ready(int sport, int rport) {
-  redisReply *rep = sync_cmd(sport, "SENTINEL replicas mymaster");
+  redisReply *rep = tr_sync_cmd(sport, "SENTINEL replicas mymaster");
   int ok = 0;
   char want[16];
   snprintf(want, sizeof(want), "%d", rport);
@@ -955,19 +791,19 @@ static int sentinel_ready(int sport, int rport) {
 START_TEST(t_sentinel) {
   tctx t;
   setup_ctx(&t);
-  int mport = free_port(), rport = free_port(), sport = free_port();
+  int mport = tr_free_port(), rport = tr_free_port(), sport = tr_free_port();
   while (rport == mport)
-    rport = free_port();
+    rport = tr_free_port();
   while (sport == mport || sport == rport)
-    sport = free_port();
+    sport = tr_free_port();
   char mportstr[16];
   snprintf(mportstr, sizeof(mportstr), "%d", mport);
-  pid_t master = start_redis(mport, NULL);
-  start_redis(rport, "--replicaof", "127.0.0.1", mportstr, NULL);
+  pid_t master = tr_redis_start(mport, NULL);
+  tr_redis_start(rport, "--replicaof", "127.0.0.1", mportstr, NULL);
 
-  make_tmpdir();
+  const char *dir = tr_tmpdir();
   char conf[700];
-  snprintf(conf, sizeof(conf), "%s/sentinel.conf", tmpdir);
+  snprintf(conf, sizeof(conf), "%s/sentinel.conf", dir);
   FILE *f = fopen(conf, "w");
   ck_assert_ptr_nonnull(f);
   fprintf(f,
@@ -976,17 +812,17 @@ START_TEST(t_sentinel) {
           "sentinel down-after-milliseconds mymaster 1000\n"
           "sentinel failover-timeout mymaster 3000\n"
           "sentinel parallel-syncs mymaster 1\n",
-          sport, tmpdir, mport);
+          sport, dir, mport);
   fclose(f);
   char *sargv[] = {"redis-sentinel", conf, NULL};
-  pid_t sent = spawn(sargv, "sentinel.log");
-  wait_ready(sent, sport);
+  pid_t sent = tr_spawn(sargv, "sentinel.log");
+  tr_wait_ready(sent, sport);
 
   char saddr[32];
   snprintf(saddr, sizeof(saddr), "127.0.0.1:%d", sport);
   /* The first sentinel listed is down: discovery moves on to the next. */
   char dead[32];
-  snprintf(dead, sizeof(dead), "127.0.0.1:%d", free_port());
+  snprintf(dead, sizeof(dead), "127.0.0.1:%d", tr_free_port());
   const char *sentinels[] = {dead, saddr};
   kr__redis_opts o = {.sentinels = sentinels,
                       .n_sentinels = 2,
@@ -1006,12 +842,12 @@ START_TEST(t_sentinel) {
   /* The sentinel must know a synced replica before a failover can work. */
   int ready = 0;
   for (int i = 0; i < 300 && !(ready = sentinel_ready(sport, rport)); i++)
-    pause_ms(100);
+    tr_pause_ms(100);
   ck_assert_msg(ready, "sentinel never saw the replica in sync");
   x = command(&t, 2, "WAIT", "1", "2000"); /* "k" reached the replica */
 
   kr_time_us t0 = kr__now_us();
-  end_proc(master); /* kill -9 */
+  tr_end_proc(master); /* kill -9 */
   snprintf(expect, sizeof(expect), "127.0.0.1:%d", rport);
   int ups = t.ups;
   for (int i = 0; i < 40; i++) {
@@ -1161,16 +997,16 @@ static int cond_down_err(void *arg) {
 START_TEST(t_sentinel_role) {
   tctx t;
   setup_ctx(&t);
-  int mport = free_port(), m2port = free_port(), rport = free_port();
+  int mport = tr_free_port(), m2port = tr_free_port(), rport = tr_free_port();
   while (m2port == mport)
-    m2port = free_port();
+    m2port = tr_free_port();
   while (rport == mport || rport == m2port)
-    rport = free_port();
+    rport = tr_free_port();
   char nowhere[16];
-  snprintf(nowhere, sizeof(nowhere), "%d", free_port());
-  start_redis(mport, NULL);
-  start_redis(m2port, NULL);
-  start_redis(rport, "--replicaof", "127.0.0.1", nowhere, NULL);
+  snprintf(nowhere, sizeof(nowhere), "%d", tr_free_port());
+  tr_redis_start(mport, NULL);
+  tr_redis_start(m2port, NULL);
+  tr_redis_start(rport, "--replicaof", "127.0.0.1", nowhere, NULL);
   fake_sentinel fs;
   fake_start(&fs, t.base);
   fs.answer_port = rport;
@@ -1229,18 +1065,19 @@ int main(void) {
   signal(SIGPIPE, SIG_IGN);
   const char *only = getenv("CK_RUN_CASE");
   int need_server = !only || strcmp(only, "config") != 0;
-  if (need_server && !have_program("redis-server")) {
+  if (need_server && !tr_have_program("redis-server")) {
     fprintf(stderr, "SKIP: redis-server not found in PATH: these tests need "
                     "a real Redis (apt-get install redis-server)\n");
     return 77;
   }
   if (only && strcmp(only, "sentinel") == 0 &&
-      !have_program("redis-sentinel")) {
+      !tr_have_program("redis-sentinel")) {
     fprintf(stderr, "SKIP: redis-sentinel not found in PATH: the Sentinel "
                     "test needs it (apt-get install redis-sentinel)\n");
     return 77;
   }
-  atexit(kill_all);
+  tr_on_failure(abort_case);
+  atexit(tr_kill_all);
   Suite *s = suite_create("redis");
   struct {
     const char *name;

@@ -22,6 +22,7 @@
 #include "io/url.h"
 #include "kas/cluster.h"
 #include "kas/gateway.h"
+#include "kas/http_auth.h"
 #include "kas/listing.h"
 #include "kas/peer.h"
 #include "kas/relay.h"
@@ -253,6 +254,7 @@ static void kc_closed(kr__conn *c, int err, const char *why, void *ud) {
   }
   kconn_unlink(k, kc);
   kr__conn_free(c);
+  free(kc->id);
   free(kc);
   kr__kas_maybe_drained(k);
 }
@@ -328,19 +330,31 @@ static void agent_ready(kas_conn *kc, const kr_md *md, size_t n) {
           kr__log_quote(q, sizeof(q), label ? label : "", label ? strlen(label) : 0));
 }
 
+/* API clients present the same JWTs as HTTP callers: the gateway's check
+ * (lib/kas/http_auth.h) gives the agents they may reach ("agents" claim)
+ * and the Kubernetes identity ("user", "groups") their streams carry. */
 static void api_ready(kas_conn *kc, const kr_md *md, size_t n) {
   kr_kas *k = kc->k;
   const kr_md *tok = md_find(md, n, KR_MD_TOKEN);
   const char *reason = "no token presented";
-  json_t *claims = NULL;
-  if (tok && kr__jwt_verify_hs256(k->api_secret, k->api_secret_len,
-                                  (const char *)tok->value, tok->value_len,
-                                  "gitlab-kas", (int64_t)time(NULL), 30,
-                                  &claims, &reason) == 0) {
-    json_decref(claims);
-    kc->authed = 1;
-    k->stats[KR_KAS_STAT_API_CONNECTIONS]++;
-    return;
+  if (tok && tok->value_len <= KR__JWT_MAX_TOKEN) {
+    char authz[KR__JWT_MAX_TOKEN + 8];
+    memcpy(authz, "Bearer ", 7);
+    memcpy(authz + 7, tok->value, tok->value_len);
+    kr__http_auth_cfg cfg = {k->api_secret, k->api_secret_len, NULL};
+    kc->id = calloc(1, sizeof(*kc->id));
+    int rc = kc->id ? kr__http_auth_check(&cfg, authz, tok->value_len + 7,
+                                          KR__AUTH_SERVICE_PROXY,
+                                          (int64_t)time(NULL), kc->id, &reason)
+                    : KR_ENOMEM;
+    memset(authz, 0, tok->value_len + 7);
+    if (rc == 0) {
+      kc->authed = 1;
+      k->stats[KR_KAS_STAT_API_CONNECTIONS]++;
+      return;
+    }
+    if (rc == KR_ENOMEM)
+      reason = "out of memory";
   }
   refuse(kc, "API token", reason);
 }
@@ -642,6 +656,7 @@ void kr_kas_free(kr_kas *k) {
     kas_conn *kc = k->conns;
     kconn_unlink(k, kc);
     kr__conn_free(kc->conn);
+    free(kc->id);
     free(kc);
   }
   /* Last: WebSocket connections used the listeners' contexts. */

@@ -70,6 +70,9 @@ struct kas_conn {
   kr__tunnel *tunnel;   /* agents, while in the registry */
   char peer[96];
   char addr[64];        /* peer IP without port, for throttling */
+  /* API clients: what their JWT allows (agents claim) and who they are
+   * for the Kubernetes service (user, groups claims); NULL otherwise. */
+  struct kr__identity *id;
   kas_conn *prev, *next;
 };
 

@@ -9,6 +9,8 @@
 
 #include "core/mux_internal.h"
 #include "io/log.h"
+#include "http/http_map.h"
+#include "kas/http_auth.h"
 #include "kas/relay.h"
 #include "kas/route.h"
 
@@ -137,15 +139,37 @@ static int md_is(const kr_md *m, const char *name) {
   return m->name_len == len && memcmp(m->name, name, len) == 0;
 }
 
-/* Copies md without ":agent" and ":hop" (entries only; bytes stay in md). */
-static kr_md *strip_agent(const kr_md *md, size_t n, size_t *out_n) {
-  kr_md *out = malloc((n ? n : 1) * sizeof(kr_md));
+/* The metadata sent on: md without ":agent" and ":hop" (entries only;
+ * bytes stay in md). ":user" and ":group" (the Kubernetes identity) from
+ * an API client: when its JWT names a user ("user", "groups" claims), or
+ * is limited to some agents ("agents"), the identity comes from the
+ * claims and what the client sent is dropped; an unrestricted platform
+ * token without a user may state the identity itself (the platform acts
+ * for its users). Other kas instances pass on what their client proved. */
+static kr_md *relay_md(const kr_md *md, size_t n, const kas_conn *cc,
+                       size_t *out_n) {
+  kr_md *out = malloc((n + 1 + KR__IDENTITY_MAX_GROUPS) * sizeof(kr_md));
   size_t k = 0;
+  int api = cc->kind == KR__LISTEN_API && cc->id &&
+            (cc->id->user[0] || !cc->id->any_agent);
   if (!out)
     return NULL;
-  for (size_t i = 0; i < n; i++)
-    if (!md_is(&md[i], KR_MD_AGENT) && !md_is(&md[i], KR_MD_HOP))
-      out[k++] = md[i];
+  for (size_t i = 0; i < n; i++) {
+    if (md_is(&md[i], KR_MD_AGENT) || md_is(&md[i], KR_MD_HOP))
+      continue;
+    if (api && (md_is(&md[i], KR__MD_USER) || md_is(&md[i], KR__MD_GROUP)))
+      continue;
+    out[k++] = md[i];
+  }
+  if (api && cc->id->user[0]) {
+    const kr__identity *id = cc->id;
+    out[k++] = (kr_md){(const uint8_t *)KR__MD_USER, strlen(KR__MD_USER),
+                       (const uint8_t *)id->user, strlen(id->user)};
+    for (size_t g = 0; g < id->n_groups; g++)
+      out[k++] = (kr_md){(const uint8_t *)KR__MD_GROUP, strlen(KR__MD_GROUP),
+                         (const uint8_t *)id->groups[g],
+                         strlen(id->groups[g])};
+  }
   *out_n = k;
   return out;
 }
@@ -181,6 +205,12 @@ void kr__relay_start(kr_kas *k, kas_conn *cc, kr_stream *s, const kr_md *md,
     kr_stream_reset(s, KR_CODE_REFUSED, "kas is shutting down");
     return;
   }
+  if (cc->kind == KR__LISTEN_API && cc->id &&
+      !kr__identity_allows(cc->id, agent)) {
+    kr_stream_reset(s, KR_CODE_UNAUTHORIZED,
+                    "agent not allowed for these credentials");
+    return;
+  }
   kr__relay *r = calloc(1, sizeof(*r));
   if (!r || !(r->to_agent = evbuffer_new()) ||
       !(r->to_client = evbuffer_new())) {
@@ -206,7 +236,7 @@ void kr__relay_start(kr_kas *k, kas_conn *cc, kr_stream *s, const kr_md *md,
   kr_stream_set_user_data(s, r);
   kr__stream_set_handler(s, &client_handler);
   size_t md_n;
-  kr_md *amd = strip_agent(md, n, &md_n);
+  kr_md *amd = relay_md(md, n, cc, &md_n);
   /* A stream another kas routed here is served from local tunnels only. */
   int hop = cc->kind == KR__LISTEN_PRIVATE;
   if (hop)

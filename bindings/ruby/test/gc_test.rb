@@ -64,8 +64,17 @@ class GcTest < Minitest::Test
     before = vm_rss_kib
     round.call(900)
     after = vm_rss_kib
-    $stdout.puts "  VmRSS #{before} KiB -> #{after} KiB after 900 more rounds"
-    assert_operator after - before, :<, 20 * 1024, "VmRSS grew from #{before} to #{after} KiB"
+    live = ObjectSpace.each_object(FFI::AutoPointer).count
+    $stdout.puts "  VmRSS #{before} KiB -> #{after} KiB after 900 more rounds; #{live} handles alive"
+    # 900 rounds made 18 clients and 2,700 streams and responses; the
+    # collector released them (a few may still be referenced from the
+    # machine stack, which Ruby scans conservatively).
+    assert_operator live, :<, 50
+    if ENV["SANITIZED"] == "1"
+      $stdout.puts "  (VmRSS not bounded: ASan's quarantine keeps freed memory)"
+    else
+      assert_operator after - before, :<, 20 * 1024, "VmRSS grew from #{before} to #{after} KiB"
+    end
     # kas still accepts streams: nothing piled up on its side.
     assert_equal 200, CLUSTER.client.request(agent: KRTest::AGENT_ID, service: "web", path: "/status?code=200").status
   end

@@ -12,8 +12,8 @@ class RequestTest < Minitest::Test
 
   def client = CLIENT
 
-  def get(path, **opts)
-    client.request(agent: KRTest::AGENT_ID, service: "web", path: path, **opts)
+  def get(path, **opts, &block)
+    client.request(agent: KRTest::AGENT_ID, service: "web", path: path, **opts, &block)
   end
 
   def test_small_get_is_byte_exact

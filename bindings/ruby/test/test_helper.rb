@@ -154,7 +154,7 @@ module KRTest
   # kasd + agentd + echo + HTTP upstream for one test file.
   class Cluster
     attr_reader :dir, :api_url, :secret, :kas, :agent, :echo_port, :http_port,
-                :secret_file, :agent_port
+                :secret_file, :agent_port, :python
 
     def initialize(route_timeout: 1, connections: 2, http: true, services: {})
       @kasd = KRTest.program("KASD")
@@ -170,6 +170,7 @@ module KRTest
       @dir = Dir.mktmpdir("kr-ruby-")
       @procs = []
       @seq = 0
+      start_guard
       @secret = Base64.strict_encode64(SecureRandom.random_bytes(32))
       @secret_file = write("api.secret", @secret)
       token = "agent-token-#{SecureRandom.hex(16)}"
@@ -187,7 +188,12 @@ module KRTest
       @api_url = "tcp://127.0.0.1:#{m[2]}"
       svc = ["--service", "echo=tcp://127.0.0.1:#{@echo_port}"]
       svc += ["--service", "web=http://127.0.0.1:#{@http_port}"] if http
-      services.each { |name, url| svc += ["--service", "#{name}=#{url}"] }
+      # A callable value starts its upstream (through this cluster, so
+      # that it is stopped with it) and returns the service URL.
+      services.each do |name, url|
+        url = url.call(self) if url.respond_to?(:call)
+        svc += ["--service", "#{name}=#{url}"]
+      end
       @agent = spawn("agentd", [@agentd, "--kas", "tcp://127.0.0.1:#{@agent_port}",
                                 "--token-file", @token_file,
                                 "--connections", connections.to_s, "--name", "r1"] + svc,
@@ -199,6 +205,18 @@ module KRTest
       dump_logs
       stop
       raise
+    end
+
+    # Another kasd with the same credentials and no agent (for tests that
+    # must not disturb the main one, e.g. by authentication failures,
+    # which kas throttles per address). Returns its API URL.
+    def spare_kas
+      k = spawn("kasd-spare", [@kasd, "--agent-listen", "tcp://127.0.0.1:0",
+                               "--api-listen", "tcp://127.0.0.1:0",
+                               "--agent-tokens", path("tokens"),
+                               "--api-secret-file", @secret_file], :daemon)
+      m = k.wait_stdout(/kasd ready agent_port=(\d+) api_port=(\d+)/, KRTest.scaled(10))
+      "tcp://127.0.0.1:#{m[2]}"
     end
 
     def client(**opts)
@@ -220,10 +238,17 @@ module KRTest
       path(name)
     end
 
+    # Starts a helper that prints "port N" once it listens; returns N.
+    def start_helper(base, argv)
+      p = spawn(base, argv, :helper)
+      p.wait_stdout(/port (\d+)\n/, KRTest.scaled(10))[1].to_i
+    end
+
     def spawn(base, argv, kind)
       @seq += 1
       p = Proc.new(@dir, format("%02d-%s", @seq, base), argv, kind)
       @procs << p
+      File.write(@pidfile, "#{p.pid}\n", mode: "a")
       p
     end
 
@@ -252,6 +277,7 @@ module KRTest
         end
       end
       @procs.each { |p| problems.concat(p.problems) }
+      stop_guard
       problems
     end
 
@@ -272,6 +298,41 @@ module KRTest
 
     private
 
+    # The guard: a process that stops this cluster's processes (by the pids
+    # listed in a file) if the test process dies without stopping them
+    # itself (a crash, a signal, meson's timeout). It waits for the end of
+    # a pipe whose only writer is the test process.
+    GUARD = <<~'RUBY'
+      $stdin.read
+      pids = (File.read(ARGV[0]).split.map(&:to_i) rescue [])
+      pids.each { |p| Process.kill("TERM", p) rescue nil }
+      t = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
+      pids.each do |p|
+        sleep 0.05 while (Process.kill(0, p) rescue nil) && Process.clock_gettime(Process::CLOCK_MONOTONIC) < t
+        Process.kill("KILL", p) rescue nil
+      end
+    RUBY
+
+    def start_guard
+      @pidfile = path("pids")
+      File.write(@pidfile, "")
+      rd, @guard_w = IO.pipe
+      @guard_pid = Process.spawn(RbConfig.ruby, "-e", GUARD, @pidfile, in: rd, out: File::NULL,
+                                                                      err: File::NULL, pgroup: true)
+      rd.close
+    end
+
+    # After a normal stop: nothing is left to stop (and no pid that might
+    # be reused meanwhile is signalled).
+    def stop_guard
+      return unless @guard_w
+
+      File.write(@pidfile, "")
+      @guard_w.close
+      @guard_w = nil
+      Process.wait(@guard_pid)
+    end
+
     def hash_token(token)
       out, err, st = Open3.capture3(@kasctl, "hash-token", stdin_data: token)
       raise "kasctl hash-token failed: #{err}" unless st.success?
@@ -280,11 +341,6 @@ module KRTest
       raise "bad hash #{h.inspect}" unless h.match?(/\A\h{64}\z/)
 
       h
-    end
-
-    def start_helper(base, argv)
-      p = spawn(base, argv, :helper)
-      p.wait_stdout(/port (\d+)\n/, KRTest.scaled(10))[1].to_i
     end
   end
 

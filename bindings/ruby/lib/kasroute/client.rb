@@ -38,7 +38,6 @@ module KasRoute
   # KasRoute::ForkError there.
   class Client
     DEFAULT_TIMEOUT = 30.0
-    READ_CHUNK = 64 * 1024
 
     # url:     the kas API listener: tcp://, tls://, ws:// or wss://
     # secret:  the API secret (>= 32 bytes): the library mints short-lived
@@ -76,33 +75,42 @@ module KasRoute
     def request(agent:, service:, path:, method: "GET", headers: {}, body: nil,
                 timeout: nil, &block)
       t = Native.timeout_us(timeout)
-      svc = Native.cstring(service, "service")
-      meth = Native.cstring(method, "method")
-      pth = Native.cstring(path, "path")
+      agent = Integer(agent)
+      service = service.to_s
+      method = method.to_s
+      path = path.to_s
       md, nmd, _md_data = Native.metadata(headers)
       data = body_bytes(body)
       mem = data && !data.empty? ? Native.bytes(data) : nil
-      out = ::FFI::MemoryPointer.new(:pointer)
-      rc, msg = call do |h|
-        Native.kr_bclient_http_request(h, Integer(agent), svc, meth, pth, md,
-                                       nmd, mem, mem ? data.bytesize : 0, t, out)
-      end
-      raise Native.error(rc, msg) if rc.negative?
-
-      handle = Native.handle(out, :kr_bhttp_response_free)
+      scratch = Native.scratch
+      out = scratch.out
+      out.put_pointer(0, nil)
+      handle = nil
       begin
+        rc, msg = call do |h|
+          Native.kr_bclient_http_request(h, agent, service, method, path, md, nmd,
+                                         mem, mem ? data.bytesize : 0, t, out)
+        end
+        raise Native.error(rc, msg) if rc.negative?
+
+        handle = out.read_pointer
         response = Response.new(Native.kr_bhttp_response_status(handle),
-                                response_fields(handle))
+                                response_fields(handle, scratch.cells))
         if block
-          read_body(handle, t) { |chunk| block.call(chunk, response) }
+          read_body(handle, t, scratch.buffer) { |chunk| block.call(chunk, response) }
         else
-          all = String.new(encoding: Encoding::BINARY)
-          read_body(handle, t) { |chunk| all << chunk }
-          response.body = all
+          all = nil
+          read_body(handle, t, scratch.buffer) { |chunk| all ? all << chunk : all = chunk }
+          response.body = all || String.new(encoding: Encoding::BINARY)
         end
         response
       ensure
-        handle.free
+        # The cell was NULL before the call and holds the response only if
+        # it succeeded: this also frees one that an exception (Thread#raise)
+        # separated from the assignment above. Requests made from the block
+        # use the same cell, but only after handle was set.
+        handle ||= out.read_pointer
+        Native.kr_bhttp_response_free(handle) unless handle.null?
       end
     end
 
@@ -112,11 +120,11 @@ module KasRoute
     # block's value.
     def open_stream(agent:, service:, metadata: {}, timeout: nil)
       t = Native.timeout_us(timeout)
-      svc = Native.cstring(service, "service")
+      service = service.to_s
       md, nmd, _md_data = Native.metadata(metadata)
       out = ::FFI::MemoryPointer.new(:pointer)
       rc, msg = call do |h|
-        Native.kr_bclient_open(h, Integer(agent), svc, md, nmd, t, out)
+        Native.kr_bclient_open(h, Integer(agent), service, md, nmd, t, out)
       end
       raise Native.error(rc, msg) if rc.negative?
 
@@ -244,9 +252,8 @@ module KasRoute
       body.to_str
     end
 
-    def response_fields(handle)
+    def response_fields(handle, cells)
       count = Native.kr_bhttp_response_header_count(handle)
-      cells = ::FFI::MemoryPointer.new(:pointer, 4)
       name = cells
       name_len = cells + ::FFI::Pointer.size
       value = cells + 2 * ::FFI::Pointer.size
@@ -259,14 +266,15 @@ module KasRoute
       end
     end
 
-    def read_body(handle, timeout_us)
-      mem = ::FFI::MemoryPointer.new(:uint8, READ_CHUNK, false)
+    # Yields the body in pieces; buf is a scratch buffer of the calling
+    # fiber, copied out before each yield (so the block may make requests).
+    def read_body(handle, timeout_us, buf)
       loop do
-        n = Native.kr_bhttp_response_read(handle, mem, READ_CHUNK, timeout_us)
+        n = Native.read(:kr_bhttp_response_read, handle, buf, buf.size, timeout_us)
         raise Native.error(n) if n.negative?
         break if n.zero?
 
-        yield mem.read_bytes(n)
+        yield buf.read_bytes(n)
       end
     end
 

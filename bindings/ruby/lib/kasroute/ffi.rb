@@ -44,10 +44,10 @@ module KasRoute
 
     # Attaches a function, turning a missing symbol into a LibraryError
     # that names the library (an older or foreign libkasroute).
-    def self.attach(name, args, ret, **opts)
-      attach_function(name, args, ret, **opts)
+    def self.attach(name, args, ret, c_name: name, **opts)
+      attach_function(name, c_name, args, ret, **opts)
     rescue ::FFI::NotFoundError
-      raise LibraryError, "kasroute: #{library_path} has no #{name}() " \
+      raise LibraryError, "kasroute: #{library_path} has no #{c_name}() " \
                           "(libkasroute >= #{LIBRARY_MINIMUM} is needed)"
     end
 
@@ -94,18 +94,23 @@ module KasRoute
     attach :kr_bclient_free, [:pointer], :void, blocking: true
     attach :kr_bclient_last_error, [], :string
 
+    # Strings (service, method, path) are read and copied by the library
+    # before these calls wait; an embedded NUL raises ArgumentError.
     attach :kr_bclient_open,
-           %i[pointer int64 pointer pointer size_t kr_time_us pointer], :int,
+           %i[pointer int64 string pointer size_t kr_time_us pointer], :int,
            blocking: true
     attach :kr_bstream_write, %i[pointer pointer size_t kr_time_us], :int64,
            blocking: true
     attach :kr_bstream_read, %i[pointer pointer size_t kr_time_us], :int64,
            blocking: true
-    attach :kr_bstream_close_write, [:pointer], :int, blocking: true
-    attach :kr_bstream_free, [:pointer], :void, blocking: true
+    # These two only take the client's lock for a moment (the library's
+    # thread never holds it while it works): the GVL stays, which spares
+    # every request a release and re-acquisition.
+    attach :kr_bstream_close_write, [:pointer], :int
+    attach :kr_bstream_free, [:pointer], :void
 
     attach :kr_bclient_http_request,
-           %i[pointer int64 pointer pointer pointer pointer size_t pointer
+           %i[pointer int64 string string string pointer size_t pointer
               size_t kr_time_us pointer], :int, blocking: true
     attach :kr_bhttp_response_status, [:pointer], :int
     attach :kr_bhttp_response_header_count, [:pointer], :size_t
@@ -113,11 +118,38 @@ module KasRoute
            %i[pointer size_t pointer pointer pointer pointer], :int
     attach :kr_bhttp_response_read,
            %i[pointer pointer size_t kr_time_us], :int64, blocking: true
-    attach :kr_bhttp_response_free, [:pointer], :void, blocking: true
+    attach :kr_bhttp_response_free, [:pointer], :void
+
+    # The read functions again, without releasing the GVL, for a read that
+    # must not wait: called with a timeout of NO_WAIT_US they return what
+    # is buffered, 0 at the end, or KR_ETIMEDOUT at once. Data usually
+    # arrives with (or before) the call that waits for it, so most reads
+    # cost no GVL hand-over; a timed-out one is followed by the waiting
+    # (blocking: true) read.
+    NO_WAIT_US = 1
+    attach :kr_bstream_read_now, %i[pointer pointer size_t kr_time_us], :int64,
+           c_name: :kr_bstream_read
+    attach :kr_bhttp_response_read_now, %i[pointer pointer size_t kr_time_us],
+           :int64, c_name: :kr_bhttp_response_read
 
     attach :kr_bclient_list_agents, %i[pointer kr_time_us pointer pointer],
            :int, blocking: true
     attach :kr_bclient_free_string, [:pointer], :void
+
+    TIMEDOUT = -12
+    unless kr_err_name(TIMEDOUT) == "TIMEDOUT"
+      raise LibraryError, "kasroute: #{library_path}: unexpected error numbering"
+    end
+
+    # kr_bstream_read / kr_bhttp_response_read (fn: :kr_bstream_read or
+    # :kr_bhttp_response_read): what is buffered at once, else a wait of
+    # up to timeout_us with the GVL released. Returns the library's result.
+    def self.read(fn, handle, buf, cap, timeout_us)
+      n = public_send(:"#{fn}_now", handle, buf, cap, NO_WAIT_US)
+      return n unless n == TIMEDOUT
+
+      public_send(fn, handle, buf, cap, timeout_us)
+    end
 
 
     # The exception for a negative library code: the class named by
@@ -163,18 +195,34 @@ module KasRoute
       mem
     end
 
-    # A NUL-terminated native copy of a String with no NUL inside it.
-    def self.cstring(str, what)
-      str = str.to_s
-      raise ArgumentError, "#{what} contains a NUL byte" if str.include?("\0")
+    # Per-fiber scratch memory for the calls of one request: the out cell
+    # of a constructor, the cells of a header lookup, a body read buffer.
+    # A fiber makes one library call at a time, and every result is copied
+    # out of the scratch before control returns to the caller.
+    class Scratch
+      BUFFER = 64 * 1024
 
-      bytes(str)
+      attr_reader :out, :cells, :buffer
+
+      def initialize
+        @out = ::FFI::MemoryPointer.new(:pointer)
+        @cells = ::FFI::MemoryPointer.new(:pointer, 4)
+        @buffer = ::FFI::MemoryPointer.new(:uint8, BUFFER, false)
+      end
     end
+
+    def self.scratch
+      Thread.current[:__kasroute_scratch] ||= Scratch.new
+    end
+
+    NO_METADATA = [nil, 0, nil].freeze
 
     # A native kr_md array for a Hash or an Array of [name, value] pairs
     # (an Array value repeats the field). Returns [array pointer or nil,
     # count, the pointers that must stay referenced during the call].
     def self.metadata(fields)
+      return NO_METADATA if fields.nil? || fields.empty?
+
       pairs = []
       (fields || {}).each do |name, value|
         if value.is_a?(Array)

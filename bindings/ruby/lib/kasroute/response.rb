@@ -11,23 +11,29 @@ module KasRoute
   # body    the body as a binary String, or nil when the request was made
   #         with a block (the body went to the block in chunks)
   class Response
-    attr_reader :status, :fields, :headers
+    attr_reader :status, :fields
     attr_accessor :body
 
     def initialize(status, fields, body = nil)
       @status = status
       @fields = fields.freeze
-      @headers = {}
-      fields.each do |name, value|
-        @headers[name] = @headers.key?(name) ? "#{@headers[name]}, #{value}" : value
-      end
-      @headers.freeze
+      @headers = nil
       @body = body
+    end
+
+    def headers
+      @headers ||= begin
+        h = {}
+        @fields.each do |name, value|
+          h[name] = h.key?(name) ? "#{h[name]}, #{value}" : value
+        end
+        h.freeze
+      end
     end
 
     # The value of a header field (any case), nil when absent.
     def [](name)
-      @headers[name.to_s.downcase]
+      headers[name.to_s.downcase]
     end
 
     # 2xx
@@ -36,7 +42,7 @@ module KasRoute
     end
 
     def inspect
-      "#<#{self.class} #{status} #{@headers.size} headers" \
+      "#<#{self.class} #{status} #{@fields.size} header fields" \
         "#{body ? ", #{body.bytesize} body bytes" : ''}>"
     end
   end

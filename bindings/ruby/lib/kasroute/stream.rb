@@ -200,8 +200,8 @@ module KasRoute
       return nil if @eof
 
       @rmem ||= ::FFI::MemoryPointer.new(:uint8, READ_CHUNK, false)
-      n = Native.kr_bstream_read(@handle, @rmem, [maxlen, READ_CHUNK].min,
-                                 Native.timeout_us(@timeout))
+      n = Native.read(:kr_bstream_read, @handle, @rmem, [maxlen, READ_CHUNK].min,
+                      Native.timeout_us(@timeout))
       raise Native.error(n) if n.negative?
 
       if n.zero?

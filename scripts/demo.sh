@@ -48,19 +48,30 @@ wait_for "$DIR/upstream.out" '^port '
 UP=$(sed -n 's/^port //p' "$DIR/upstream.out")
 echo "echo upstream on 127.0.0.1:$UP"
 
-say "kasd: agents connect to one port, API clients to another"
+say "an HTTP service inside the 'cluster' (python3 -m http.server)"
+mkdir -p "$DIR/www"
+echo "hello over HTTP, through kas and the agent" > "$DIR/www/hello.txt"
+python3 -u -m http.server --bind 127.0.0.1 --directory "$DIR/www" 0 \
+  > "$DIR/www.out" 2> "$DIR/www.log" & PIDS+=($!)
+wait_for "$DIR/www.out" 'port [0-9]+'
+WWW=$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$DIR/www.out" | head -n 1)
+echo "http upstream on 127.0.0.1:$WWW"
+
+say "kasd: agents connect to one port, API clients to another, HTTP to a third"
 "$KASD" --agent-listen tcp://127.0.0.1:0 --api-listen tcp://127.0.0.1:0 \
+  --http-listen http://127.0.0.1:0 \
   --agent-tokens "$DIR/agent-tokens" --api-secret-file "$DIR/api-secret" \
   --route-timeout 5 > "$DIR/kasd.out" 2> "$DIR/kasd.log" & PIDS+=($!)
 wait_for "$DIR/kasd.out" 'kasd ready'
 AP=$(sed -n 's/.*agent_port=\([0-9]*\).*/\1/p' "$DIR/kasd.out")
 PP=$(sed -n 's/.*api_port=\([0-9]*\).*/\1/p' "$DIR/kasd.out")
-echo "kasd: agents -> 127.0.0.1:$AP, API -> 127.0.0.1:$PP"
+HP=$(sed -n 's/.*http_port=\([0-9]*\).*/\1/p' "$DIR/kasd.out")
+echo "kasd: agents -> 127.0.0.1:$AP, API -> 127.0.0.1:$PP, HTTP -> 127.0.0.1:$HP"
 
-say "agentd dials out to kas (2 tunnel connections) and serves 'echo'"
+say "agentd dials out to kas (2 tunnel connections) and serves 'echo' and 'web'"
 "$AGENTD" --kas "tcp://127.0.0.1:$AP" --token-file "$DIR/agent-token" \
-  --service "echo=tcp://127.0.0.1:$UP" --name demo-replica \
-  2> "$DIR/agentd.log" & PIDS+=($!)
+  --service "echo=tcp://127.0.0.1:$UP" --service "web=http://127.0.0.1:$WWW" \
+  --name demo-replica 2> "$DIR/agentd.log" & PIDS+=($!)
 wait_for "$DIR/kasd.log" 'event=agent_connected'
 grep -h 'event=agent_connected' "$DIR/kasd.log" | sed 's/^/    /'
 
@@ -70,6 +81,18 @@ reply=$(echo "hello from the platform" | "$KASCTL" pipe --kas "tcp://127.0.0.1:$
 echo "sent:     hello from the platform"
 echo "received: $reply"
 [[ $reply == "hello from the platform" ]] || { echo "demo: echo mismatch" >&2; exit 1; }
+
+say "an HTTP request through the gateway: curl -> kas -> tunnel -> agentd -> upstream"
+"$KASCTL" token --secret-file "$DIR/api-secret" > "$DIR/jwt"
+echo "GET http://127.0.0.1:$HP/api/v1/agents/7/services/web/hello.txt"
+body=$(curl -sS -H "Authorization: Bearer $(cat "$DIR/jwt")" \
+  "http://127.0.0.1:$HP/api/v1/agents/7/services/web/hello.txt")
+echo "body:     $body"
+[[ $body == "hello over HTTP, through kas and the agent" ]] ||
+  { echo "demo: HTTP body mismatch" >&2; exit 1; }
+echo "GET http://127.0.0.1:$HP/api/v1/agents (the connected agents)"
+curl -sS -H "Authorization: Bearer $(cat "$DIR/jwt")" \
+  "http://127.0.0.1:$HP/api/v1/agents" | sed 's/^/    /'
 
 say "64 MiB through the tunnel and back, checked"
 head -c $((64 << 20)) /dev/urandom > "$DIR/payload"
@@ -87,8 +110,8 @@ echo x | "$KASCTL" pipe --kas "tcp://127.0.0.1:$PP" --secret-file "$DIR/agent-to
   --agent 7 --service echo 2>&1 | sed 's/^/    /' || true
 
 say "shutting down (SIGTERM drains)"
+kill "${PIDS[3]}"; wait "${PIDS[3]}" 2>/dev/null || true
 kill "${PIDS[2]}"; wait "${PIDS[2]}" 2>/dev/null || true
-kill "${PIDS[1]}"; wait "${PIDS[1]}" 2>/dev/null || true
 echo "kasd log (last lines):"
 tail -n 5 "$DIR/kasd.log" | sed 's/^/    /'
 echo

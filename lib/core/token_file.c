@@ -6,13 +6,13 @@
 #include <kasroute/error.h>
 
 #include "file_read.h"
+#include "hash_index.h"
 #include "mem_internal.h"
 #include "token_file.h"
 
 typedef struct token_entry {
-  uint8_t hash[KR__SHA256_LEN];
+  kr__hash_key key;  /* line: the text limit keeps it within 32 bits */
   int64_t agent_id;
-  uint32_t line;     /* 1-based; the text limit keeps it within 32 bits */
   uint32_t name_off; /* into names; NUL-terminated there */
 } token_entry;
 
@@ -24,11 +24,7 @@ struct kr__token_table {
   char *names;
   size_t names_len;
   size_t names_cap;
-  /* Index: entries of bucket b are entries[start[b] .. start[b + 1]). A
-   * bucket is the top `bits` bits of the hash; since entries are sorted by
-   * hash, each bucket is a contiguous run. */
-  uint32_t *start;
-  unsigned bits;
+  kr__hash_index index;
 };
 
 static const kr__token_limits default_limits = {KR__TOKEN_FILE_MAX_BYTES,
@@ -82,9 +78,9 @@ static int add_entry(kr__token_table *t, const uint8_t *hash, int64_t id,
     t->names_cap = cap;
   }
   token_entry *e = &t->entries[t->count++];
-  memcpy(e->hash, hash, KR__SHA256_LEN);
+  memcpy(e->key.hash, hash, KR__SHA256_LEN);
   e->agent_id = id;
-  e->line = (uint32_t)line;
+  e->key.line = (uint32_t)line;
   e->name_off = (uint32_t)t->names_len;
   memcpy(t->names + t->names_len, name, name_len);
   t->names[t->names_len + name_len] = '\0';
@@ -182,60 +178,19 @@ static int parse_line(kr__token_table *t, const char *line, size_t len,
   return 0;
 }
 
-/* Sort order: hash, then line (so equal hashes sit in file order). */
-static int entry_cmp(const void *a, const void *b) {
-  const token_entry *x = a, *y = b;
-  int c = memcmp(x->hash, y->hash, KR__SHA256_LEN);
-  if (c != 0)
-    return c;
-  return (x->line > y->line) - (x->line < y->line);
-}
-
-static uint32_t bucket_of(const kr__token_table *t, const uint8_t *h) {
-  if (t->bits == 0)
-    return 0;
-  uint32_t top = ((uint32_t)h[0] << 24) | ((uint32_t)h[1] << 16) |
-                 ((uint32_t)h[2] << 8) | (uint32_t)h[3];
-  return top >> (32 - t->bits);
-}
-
 /* Sorts the entries, rejects duplicate hashes (reporting the earliest
- * second occurrence) and builds the bucket index. */
+ * second occurrence) and builds the lookup index. */
 static int build_index(kr__token_table *t, const char *fname, char *err,
                        size_t errlen) {
-  if (t->count > 1)
-    qsort(t->entries, t->count, sizeof *t->entries, entry_cmp);
-  size_t dup_line = 0, dup_first = 0;
-  for (size_t i = 1; i < t->count; i++) {
-    const token_entry *a = &t->entries[i - 1], *b = &t->entries[i];
-    if (memcmp(a->hash, b->hash, KR__SHA256_LEN) == 0 &&
-        (dup_line == 0 || b->line < dup_line)) {
-      dup_line = b->line;
-      dup_first = a->line;
-    }
-  }
-  if (dup_line != 0) {
+  size_t dup_line, dup_first;
+  int rc = kr__hash_index_build(&t->index, &t->mem, t->entries, t->count,
+                                sizeof *t->entries, &dup_line, &dup_first);
+  if (rc == KR_ECONFIG)
     kr__file_err(err, errlen, fname, dup_line,
                  "hash duplicates the one on line %zu", dup_first);
-    return KR_ECONFIG;
-  }
-
-  /* About one entry per bucket: 2^bits >= count, at most 2^24 buckets. */
-  unsigned bits = 0;
-  while (bits < 24 && ((size_t)1 << bits) < t->count)
-    bits++;
-  t->bits = bits;
-  size_t nb = (size_t)1 << bits;
-  t->start = kr__calloc(&t->mem, nb + 1, sizeof *t->start);
-  if (t->start == NULL) {
+  else if (rc < 0)
     kr__file_err(err, errlen, fname, 0, "out of memory");
-    return KR_ENOMEM;
-  }
-  for (size_t i = 0; i < t->count; i++)
-    t->start[bucket_of(t, t->entries[i].hash) + 1]++;
-  for (size_t b = 0; b < nb; b++)
-    t->start[b + 1] += t->start[b];
-  return 0;
+  return rc;
 }
 
 int kr__token_table_parse_limits(const kr_mem *mem, const char *text,
@@ -328,17 +283,9 @@ int kr__token_table_lookup_hash(const kr__token_table *t,
     return KR_EINVAL;
   if (t->count == 0)
     return KR_EAUTH;
-  uint32_t b = bucket_of(t, hash);
-  size_t found = 0, idx = 0;
-  /* Every candidate is compared in full; the match is selected with a mask
-   * rather than a branch or an early exit. */
-  for (size_t i = t->start[b]; i < t->start[b + 1]; i++) {
-    size_t eq = (size_t)kr__ct_equal(hash, t->entries[i].hash, KR__SHA256_LEN);
-    size_t m = (size_t)0 - eq;
-    idx = (idx & ~m) | (i & m);
-    found |= eq;
-  }
-  if (!found)
+  int64_t idx = kr__hash_index_find(&t->index, t->entries, t->count,
+                                    sizeof *t->entries, hash);
+  if (idx < 0)
     return KR_EAUTH;
   if (agent_id)
     *agent_id = t->entries[idx].agent_id;
@@ -372,11 +319,11 @@ int kr__token_table_get(const kr__token_table *t, size_t i, int64_t *agent_id,
   if (agent_id)
     *agent_id = e->agent_id;
   if (hash)
-    memcpy(hash, e->hash, KR__SHA256_LEN);
+    memcpy(hash, e->key.hash, KR__SHA256_LEN);
   if (name)
     *name = t->names + e->name_off;
   if (line)
-    *line = e->line;
+    *line = e->key.line;
   return 0;
 }
 
@@ -386,6 +333,6 @@ void kr__token_table_free(kr__token_table *t) {
   kr_mem mem = t->mem;
   kr__free(&mem, t->entries);
   kr__free(&mem, t->names);
-  kr__free(&mem, t->start);
+  kr__hash_index_free(&t->index, &mem);
   kr__free(&mem, t);
 }

@@ -7,13 +7,13 @@
 
 #include "file_read.h"
 #include "mem_internal.h"
+#include "hash_index.h"
 #include "user_tokens.h"
 
 /* Fixed-size record per entry; the variable parts live in three pools of
  * the table. Offsets are 32-bit: the text limit (16 MiB) bounds them. */
 typedef struct ut_entry {
-  uint8_t hash[KR__SHA256_LEN];
-  uint32_t line;
+  kr__hash_key key;
   uint32_t user_off;   /* into names */
   uint32_t agents_off; /* into agents */
   uint32_t groups_off; /* into group_offs, later group_ptrs */
@@ -33,11 +33,7 @@ struct kr__user_token_table {
   uint32_t *group_offs; /* into names; replaced by group_ptrs when built */
   size_t groups_len, groups_cap;
   const char **group_ptrs;
-  /* Index: entries of bucket b are entries[start[b] .. start[b + 1]). A
-   * bucket is the top `bits` bits of the hash; sorted entries make each
-   * bucket a contiguous run. */
-  uint32_t *start;
-  unsigned bits;
+  kr__hash_index index;
 };
 
 static const kr__user_token_limits default_limits = {
@@ -306,8 +302,8 @@ static int parse_line(kr__user_token_table *t, const char *line, size_t len,
     goto nomem;
   ut_entry e;
   memset(&e, 0, sizeof e);
-  memcpy(e.hash, hash, sizeof hash);
-  e.line = (uint32_t)lineno;
+  memcpy(e.key.hash, hash, sizeof hash);
+  e.key.line = (uint32_t)lineno;
   e.any_agent = (uint8_t)any;
   e.n_agents = (uint8_t)n_ids;
   e.n_groups = (uint8_t)n_groups;
@@ -331,44 +327,21 @@ nomem:
   return KR_ENOMEM;
 }
 
-/* Sort order: hash, then line (so equal hashes sit in file order). */
-static int entry_cmp(const void *a, const void *b) {
-  const ut_entry *x = a, *y = b;
-  int c = memcmp(x->hash, y->hash, KR__SHA256_LEN);
-  if (c != 0)
-    return c;
-  return (x->line > y->line) - (x->line < y->line);
-}
-
-static uint32_t bucket_of(const kr__user_token_table *t, const uint8_t *h) {
-  if (t->bits == 0)
-    return 0;
-  uint32_t top = ((uint32_t)h[0] << 24) | ((uint32_t)h[1] << 16) |
-                 ((uint32_t)h[2] << 8) | (uint32_t)h[3];
-  return top >> (32 - t->bits);
-}
-
 /* Sorts the entries, rejects duplicate hashes (reporting the earliest
  * second occurrence), resolves group names to pointers (the pools no
  * longer move) and builds the bucket index. */
 static int build_index(kr__user_token_table *t, const char *fname, char *err,
                        size_t errlen) {
-  if (t->count > 1)
-    qsort(t->entries, t->count, sizeof *t->entries, entry_cmp);
-  size_t dup_line = 0, dup_first = 0;
-  for (size_t i = 1; i < t->count; i++) {
-    const ut_entry *a = &t->entries[i - 1], *b = &t->entries[i];
-    if (memcmp(a->hash, b->hash, KR__SHA256_LEN) == 0 &&
-        (dup_line == 0 || b->line < dup_line)) {
-      dup_line = b->line;
-      dup_first = a->line;
-    }
-  }
-  if (dup_line != 0) {
+  size_t dup_line, dup_first;
+  int rc = kr__hash_index_build(&t->index, &t->mem, t->entries, t->count,
+                                sizeof *t->entries, &dup_line, &dup_first);
+  if (rc == KR_ECONFIG) {
     kr__file_err(err, errlen, fname, dup_line,
                  "hash duplicates the one on line %zu", dup_first);
     return KR_ECONFIG;
   }
+  if (rc < 0)
+    goto nomem;
 
   if (t->groups_len > 0) {
     t->group_ptrs = kr__calloc(&t->mem, t->groups_len, sizeof *t->group_ptrs);
@@ -379,20 +352,6 @@ static int build_index(kr__user_token_table *t, const char *fname, char *err,
   }
   kr__free(&t->mem, t->group_offs);
   t->group_offs = NULL;
-
-  /* About one entry per bucket: 2^bits >= count, at most 2^24 buckets. */
-  unsigned bits = 0;
-  while (bits < 24 && ((size_t)1 << bits) < t->count)
-    bits++;
-  t->bits = bits;
-  size_t nb = (size_t)1 << bits;
-  t->start = kr__calloc(&t->mem, nb + 1, sizeof *t->start);
-  if (t->start == NULL)
-    goto nomem;
-  for (size_t i = 0; i < t->count; i++)
-    t->start[bucket_of(t, t->entries[i].hash) + 1]++;
-  for (size_t b = 0; b < nb; b++)
-    t->start[b + 1] += t->start[b];
   return 0;
 nomem:
   kr__file_err(err, errlen, fname, 0, "out of memory");
@@ -496,7 +455,7 @@ static void fill_entry(const kr__user_token_table *t, const ut_entry *e,
   out->user = t->names + e->user_off;
   out->groups = e->n_groups ? t->group_ptrs + e->groups_off : NULL;
   out->n_groups = e->n_groups;
-  out->line = e->line;
+  out->line = e->key.line;
 }
 
 int kr__user_token_lookup_hash(const kr__user_token_table *t,
@@ -508,17 +467,9 @@ int kr__user_token_lookup_hash(const kr__user_token_table *t,
     return KR_EINVAL;
   if (t->count == 0)
     return KR_ENOENT;
-  uint32_t b = bucket_of(t, hash);
-  size_t found = 0, idx = 0;
-  /* Every candidate is compared in full; the match is selected with a mask
-   * rather than a branch or an early exit. */
-  for (size_t i = t->start[b]; i < t->start[b + 1]; i++) {
-    size_t eq = (size_t)kr__ct_equal(hash, t->entries[i].hash, KR__SHA256_LEN);
-    size_t m = (size_t)0 - eq;
-    idx = (idx & ~m) | (i & m);
-    found |= eq;
-  }
-  if (!found)
+  int64_t idx = kr__hash_index_find(&t->index, t->entries, t->count,
+                                    sizeof *t->entries, hash);
+  if (idx < 0)
     return KR_ENOENT;
   if (entry != NULL)
     fill_entry(t, &t->entries[idx], entry);
@@ -565,7 +516,7 @@ int kr__user_token_table_get(const kr__user_token_table *t, size_t i,
   if (entry != NULL)
     memset(entry, 0, sizeof *entry);
   if (hash != NULL)
-    memcpy(hash, e->hash, KR__SHA256_LEN);
+    memcpy(hash, e->key.hash, KR__SHA256_LEN);
   if (entry != NULL)
     fill_entry(t, e, entry);
   return 0;
@@ -580,6 +531,6 @@ void kr__user_token_table_free(kr__user_token_table *t) {
   kr__free(&mem, t->agents);
   kr__free(&mem, t->group_offs);
   kr__free(&mem, (void *)t->group_ptrs);
-  kr__free(&mem, t->start);
+  kr__hash_index_free(&t->index, &mem);
   kr__free(&mem, t);
 }

@@ -160,7 +160,7 @@ int main(int argc, char **argv) {
   char err[512];
   int ac;
   char **av;
-  if (kr_cli_load_config(kr_cli_config_path(argc, argv), opts, argc, argv, &ac,
+  if (cli_load_config(cli_config_path(argc, argv), opts, argc, argv, &ac,
                          &av, err, sizeof(err)) < 0)
     return die("%s%s", err, "");
   kr_agent_options *o;
@@ -262,7 +262,7 @@ int main(int argc, char **argv) {
       break;
     case OPT_KEEPALIVE:
     case OPT_GRACE:
-      if ((v = kr_cli_seconds(optarg)) <= 0) {
+      if ((v = cli_seconds(optarg)) <= 0) {
         rc = die("invalid duration \"%s\" (seconds expected)%s", optarg, "");
         break;
       }
@@ -272,7 +272,7 @@ int main(int argc, char **argv) {
         grace = v;
       break;
     case OPT_LOG_LEVEL:
-      if ((v = kr_cli_log_level(optarg)) < 0)
+      if ((v = cli_log_level(optarg)) < 0)
         rc = die("unknown log level \"%s\"%s", optarg, "");
       else
         kr_log_set_level((kr_log_level)v);
@@ -324,14 +324,14 @@ int main(int argc, char **argv) {
                     "be refused\n");
   if (rc == 0) {
     char *token = NULL;
-    long n = kr_cli_read_secret(token_file, 4096, &token, err, sizeof(err));
+    long n = cli_read_secret(token_file, 4096, &token, err, sizeof(err));
     if (n < 0)
       rc = die("%s%s", err, "");
     else
       kr_agent_options_set_token(o, token, (size_t)n);
-    kr_cli_free_secret(token, n > 0 ? (size_t)n : 0);
+    cli_free_secret(token, n > 0 ? (size_t)n : 0);
   }
-  kr_cli_free_args(ac, av);
+  cli_free_args(ac, av);
   if (rc != 0) {
     kr_agent_options_free(o);
     return rc == 1 ? 0 : rc;

@@ -9,7 +9,7 @@
 
 #include "common.h"
 
-const char *kr_cli_config_path(int argc, char **argv) {
+const char *cli_config_path(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
       return argv[i + 1];
@@ -71,7 +71,7 @@ static int push_value(char ***v, int *n, int *cap, const char *key,
   return push(v, n, cap, flag) < 0 || push(v, n, cap, s) < 0 ? -1 : 0;
 }
 
-int kr_cli_load_config(const char *path, const struct option *opts, int argc,
+int cli_load_config(const char *path, const struct option *opts, int argc,
                        char **argv, int *out_argc, char ***out_argv, char *err,
                        size_t errlen) {
   char **v = NULL;
@@ -122,17 +122,17 @@ oom:
   snprintf(err, errlen, "out of memory");
 fail:
   json_decref(root);
-  kr_cli_free_args(n, v);
+  cli_free_args(n, v);
   return -1;
 }
 
-void kr_cli_free_args(int argc, char **argv) {
+void cli_free_args(int argc, char **argv) {
   for (int i = 0; i < argc; i++)
     free(argv[i]);
   free(argv);
 }
 
-long kr_cli_read_secret(const char *path, size_t max, char **out, char *err,
+long cli_read_secret(const char *path, size_t max, char **out, char *err,
                         size_t errlen) {
   FILE *f = fopen(path, "rb");
   if (!f) {
@@ -151,7 +151,7 @@ long kr_cli_read_secret(const char *path, size_t max, char **out, char *err,
   if (bad || len > max) {
     snprintf(err, errlen, "%s: %s", path,
              bad ? "read error" : "file too large for a secret");
-    kr_cli_free_secret(buf, max + 2);
+    cli_free_secret(buf, max + 2);
     return -1;
   }
   if (len > 0 && buf[len - 1] == '\n')
@@ -160,7 +160,7 @@ long kr_cli_read_secret(const char *path, size_t max, char **out, char *err,
     len--;
   if (len == 0) {
     snprintf(err, errlen, "%s: the file is empty", path);
-    kr_cli_free_secret(buf, max + 2);
+    cli_free_secret(buf, max + 2);
     return -1;
   }
   buf[len] = 0;
@@ -168,7 +168,7 @@ long kr_cli_read_secret(const char *path, size_t max, char **out, char *err,
   return (long)len;
 }
 
-void kr_cli_free_secret(char *s, size_t len) {
+void cli_free_secret(char *s, size_t len) {
   if (!s)
     return;
   volatile char *p = s;
@@ -177,7 +177,7 @@ void kr_cli_free_secret(char *s, size_t len) {
   free(s);
 }
 
-int64_t kr_cli_seconds(const char *s) {
+int64_t cli_seconds(const char *s) {
   char *end;
   errno = 0;
   double d = strtod(s, &end);
@@ -186,7 +186,7 @@ int64_t kr_cli_seconds(const char *s) {
   return (int64_t)(d * 1e6);
 }
 
-int kr_cli_log_level(const char *s) {
+int cli_log_level(const char *s) {
   static const char *const names[] = {"error", "warn", "info", "debug"};
   for (int i = 0; i < 4; i++)
     if (strcmp(s, names[i]) == 0)

@@ -166,12 +166,12 @@ static int fail(const char *msg, const char *arg) {
  * (agents, agent_id, user, groups) when their options were given. The
  * claims are built with jansson, so every value is encoded correctly. On
  * success *out is a malloc'ed string (wipe and free with
- * kr_cli_free_secret). Returns 0 or an exit status after a message. */
+ * cli_free_secret). Returns 0 or an exit status after a message. */
 static int mint_jwt(const cli *c, int identity, int64_t ttl_s, char **out,
                     size_t *len) {
   char err[300];
   char *secret = NULL;
-  long n = kr_cli_read_secret(c->secret_file, 4096, &secret, err, sizeof(err));
+  long n = cli_read_secret(c->secret_file, 4096, &secret, err, sizeof(err));
   if (n < 0)
     return fail(err, NULL);
   json_int_t now = (json_int_t)time(NULL);
@@ -204,7 +204,7 @@ static int mint_jwt(const cli *c, int identity, int64_t ttl_s, char **out,
                                      (size_t)n, text, &jwt)
                 : KR_ENOMEM;
   free(text);
-  kr_cli_free_secret(secret, (size_t)n);
+  cli_free_secret(secret, (size_t)n);
   if (rc == KR_ETOOBIG)
     return fail("cannot mint a token: the claims make it too long", NULL);
   if (rc == KR_ENOMEM)
@@ -225,7 +225,7 @@ static int get_token(cli *c, char **out, size_t *len) {
   char *buf = NULL;
   long n;
   if (c->token_file) {
-    n = kr_cli_read_secret(c->token_file, 8192, &buf, err, sizeof(err));
+    n = cli_read_secret(c->token_file, 8192, &buf, err, sizeof(err));
     if (n < 0)
       return fail(err, NULL);
     *out = buf;
@@ -438,7 +438,7 @@ static int run_client(cli *c, int mode) {
   if (kr_client_options_set_url(o, c->kas) < 0)
     return fail("invalid --kas URL: ", c->kas);
   kr_client_options_set_token(o, token, token_len);
-  kr_cli_free_secret(token, token_len);
+  cli_free_secret(token, token_len);
   if (c->ca_file)
     kr_client_options_set_tls_ca_file(o, c->ca_file);
   if (c->insecure)
@@ -517,7 +517,7 @@ static int cmd_token(cli *c) {
   if (rc)
     return rc;
   printf("%s\n", jwt);
-  kr_cli_free_secret(jwt, len);
+  cli_free_secret(jwt, len);
   return fflush(stdout) == 0 ? 0 : fail("cannot write the token", NULL);
 }
 
@@ -626,12 +626,12 @@ static int k8s_token(cli *c, char **out, size_t *len) {
     return mint_jwt(c, 1, c->ttl_set ? c->ttl_s : 3600, out, len);
   }
   char *pat = NULL;
-  long n = kr_cli_read_secret(c->pat_file, 4096, &pat, err, sizeof(err));
+  long n = cli_read_secret(c->pat_file, 4096, &pat, err, sizeof(err));
   if (n < 0)
     return fail(err, NULL);
   for (long i = 0; i < n; i++) {
     if ((unsigned char)pat[i] <= 0x20 || (unsigned char)pat[i] >= 0x7f) {
-      kr_cli_free_secret(pat, (size_t)n);
+      cli_free_secret(pat, (size_t)n);
       return fail("the token in --pat-file must be printable ASCII without "
                   "spaces",
                   NULL);
@@ -640,11 +640,11 @@ static int k8s_token(cli *c, char **out, size_t *len) {
   size_t cap = (size_t)n + 32;
   *out = malloc(cap);
   if (*out == NULL) {
-    kr_cli_free_secret(pat, (size_t)n);
+    cli_free_secret(pat, (size_t)n);
     return fail("out of memory", NULL);
   }
   int w = snprintf(*out, cap, "pat:%" PRId64 ":%s", c->agent, pat);
-  kr_cli_free_secret(pat, (size_t)n);
+  cli_free_secret(pat, (size_t)n);
   *len = (size_t)w;
   return 0;
 }
@@ -725,7 +725,7 @@ static int cmd_kubeconfig(cli *c) {
     bad |= fputs("\npreferences: {}\n", f) < 0;
     bad |= fclose(f) != 0;
   }
-  kr_cli_free_secret(token, token_len);
+  cli_free_secret(token, token_len);
   free(ca);
   rc = 0;
   if (bad)
@@ -735,7 +735,7 @@ static int cmd_kubeconfig(cli *c) {
   if (rc == 1)
     fprintf(stderr, "kasctl: cannot write the kubeconfig: %s\n",
             strerror(errno));
-  kr_cli_free_secret(doc, doc_len);
+  cli_free_secret(doc, doc_len);
   return rc;
 }
 
@@ -846,7 +846,7 @@ int main(int argc, char **argv) {
       c.ttl_set = 1;
       break;
     case OPT_LOG_LEVEL: {
-      int l = kr_cli_log_level(optarg);
+      int l = cli_log_level(optarg);
       if (l < 0)
         return fail("unknown log level ", optarg);
       kr_log_set_level((kr_log_level)l);

@@ -173,7 +173,7 @@ int main(int argc, char **argv) {
   char err[512];
   int ac;
   char **av;
-  if (kr_cli_load_config(kr_cli_config_path(argc, argv), opts, argc, argv, &ac,
+  if (cli_load_config(cli_config_path(argc, argv), opts, argc, argv, &ac,
                          &av, err, sizeof(err)) < 0)
     return die("%s%s", err, "");
   kr_kas_options *o;
@@ -256,7 +256,7 @@ int main(int argc, char **argv) {
     case OPT_GRACE:
     case OPT_HTTP_REQUEST_TIMEOUT:
     case OPT_HTTP_IDLE_TIMEOUT:
-      if ((v = kr_cli_seconds(optarg)) <= 0) {
+      if ((v = cli_seconds(optarg)) <= 0) {
         rc = die("invalid duration \"%s\" (seconds expected)%s", optarg, "");
         break;
       }
@@ -278,7 +278,7 @@ int main(int argc, char **argv) {
         rc = die("name too long%s%s", "", "");
       break;
     case OPT_LOG_LEVEL:
-      if ((v = kr_cli_log_level(optarg)) < 0)
+      if ((v = cli_log_level(optarg)) < 0)
         rc = die("unknown log level \"%s\"%s", optarg, "");
       else
         kr_log_set_level((kr_log_level)v);
@@ -312,13 +312,13 @@ int main(int argc, char **argv) {
   }
   if (rc == 0 && secret_file) {
     char *secret = NULL;
-    long n = kr_cli_read_secret(secret_file, 4096, &secret, err, sizeof(err));
+    long n = cli_read_secret(secret_file, 4096, &secret, err, sizeof(err));
     if (n < 0)
       rc = die("%s%s", err, "");
     else if (kr_kas_options_set_api_secret(o, (const uint8_t *)secret,
                                            (size_t)n) < 0)
       rc = die("%s: the API secret must be 32 to 256 bytes%s", secret_file, "");
-    kr_cli_free_secret(secret, n > 0 ? (size_t)n : 0);
+    cli_free_secret(secret, n > 0 ? (size_t)n : 0);
   }
   if (rc == 0 && (sentinels || master)) {
     if (!sentinels || !master ||
@@ -327,16 +327,16 @@ int main(int argc, char **argv) {
   }
   if (rc == 0 && redis_pw_file) {
     char *pw = NULL;
-    long n = kr_cli_read_secret(redis_pw_file, 500, &pw, err, sizeof(err));
+    long n = cli_read_secret(redis_pw_file, 500, &pw, err, sizeof(err));
     if (n < 0)
       rc = die("%s%s", err, "");
     else if (kr_kas_options_set_redis_password(o, pw) < 0)
       rc = die("%s: password too long%s", redis_pw_file, "");
-    kr_cli_free_secret(pw, n > 0 ? (size_t)n : 0);
+    cli_free_secret(pw, n > 0 ? (size_t)n : 0);
   }
   if (rc == 0 && private_secret_file) {
     char *secret = NULL;
-    long n = kr_cli_read_secret(private_secret_file, 4096, &secret, err,
+    long n = cli_read_secret(private_secret_file, 4096, &secret, err,
                                 sizeof(err));
     if (n < 0)
       rc = die("%s%s", err, "");
@@ -344,9 +344,9 @@ int main(int argc, char **argv) {
                                                (size_t)n) < 0)
       rc = die("%s: the private secret must be 32 to 256 bytes%s",
                private_secret_file, "");
-    kr_cli_free_secret(secret, n > 0 ? (size_t)n : 0);
+    cli_free_secret(secret, n > 0 ? (size_t)n : 0);
   }
-  kr_cli_free_args(ac, av);
+  cli_free_args(ac, av);
   if (rc != 0) {
     kr_kas_options_free(o);
     return rc == 1 ? 0 : rc;

@@ -31,6 +31,8 @@
 #define KASROUTE_AGENT_H
 
 #include <kasroute/common.h>
+#include <kasroute/handler.h>
+#include <kasroute/http_handler.h>
 #include <kasroute/mux.h>
 
 KR_BEGIN_DECLS
@@ -68,6 +70,23 @@ KR_API int kr_agent_options_set_name(kr_agent_options *o, const char *name);
  * KR_ESTATE duplicate name, KR_ENOMEM. */
 KR_API int kr_agent_options_add_service(kr_agent_options *o, const char *name,
                                         const char *url);
+/* Adds a service implemented by the application: every stream opened to
+ * name is served by the callbacks of h (<kasroute/handler.h>; h is
+ * copied, on_open required) with service_data as the stream's first user
+ * data. The built-in services above are handlers of the same kind,
+ * registered and dispatched the same way. Errors as
+ * kr_agent_options_add_service(), and KR_EINVAL for a NULL h or one
+ * without on_open. */
+KR_API int kr_agent_options_add_handler(kr_agent_options *o, const char *name,
+                                        const kr_handler *h,
+                                        void *service_data);
+/* Adds an HTTP service implemented by the application
+ * (<kasroute/http_handler.h>; h copied, on_request required). Errors as
+ * kr_agent_options_add_handler(). */
+KR_API int kr_agent_options_add_http_handler(kr_agent_options *o,
+                                             const char *name,
+                                             const kr_http_handler *h,
+                                             void *service_data);
 /* CA bundle (PEM file) trusted for the https upstream of service name
  * (copied; checked when the agent is created: KR_ETLS then).
  * KR_ENOENT no such service, KR_EINVAL a tcp service or a NULL, empty or

@@ -7,6 +7,8 @@
 #include <kasroute/client.h>
 #include <kasroute/common.h>
 #include <kasroute/error.h>
+#include <kasroute/handler.h>
+#include <kasroute/http_handler.h>
 #include <kasroute/kas.h>
 #include <kasroute/log.h>
 #include <kasroute/mem.h>

@@ -70,6 +70,8 @@ typedef struct kr_md {
 #define KR_MD_LIST ":list"       /* a listing from kas ("agents") */
 #define KR_MD_TOKEN ":token"     /* HELLO: agent token */
 #define KR_MD_NAME ":name"       /* HELLO: replica name */
+#define KR_MD_USER ":user"       /* the caller's user name, set by kas */
+#define KR_MD_GROUP ":group"     /* one of the caller's groups, set by kas */
 
 /* Wire codes carried by RESET and GOAWAY frames (docs/PROTOCOL.md). */
 typedef enum kr_code {

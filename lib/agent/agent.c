@@ -12,6 +12,7 @@
 
 #include "agent_internal.h"
 #include "core/backoff.h"
+#include "handler_internal.h"
 #include "core/mux_internal.h"
 #include "http_service.h"
 #include "io/conn.h"
@@ -26,7 +27,16 @@
 #define KR__AGENT_MAX_CONNS 64
 #define KR__AGENT_STABLE_US (60 * 1000000ull)
 
-typedef enum service_type { SVC_TCP, SVC_HTTP, SVC_KUBE } service_type;
+/* Kinds of service. Every kind runs as a kr_handler (handler.h): the
+ * built-in ones (tcp, http, kubernetes) are handlers whose service data is
+ * made when the agent starts. */
+typedef enum service_type {
+  SVC_TCP,         /* tcp://: bytes spliced to a socket */
+  SVC_HTTP,        /* http(s)://: reverse proxy (http_service.h) */
+  SVC_KUBE,        /* Kubernetes API proxy (kube_service.h) */
+  SVC_HANDLER,     /* the application's kr_handler */
+  SVC_HTTP_HANDLER /* the application's kr_http_handler */
+} service_type;
 
 /* A configured service. Strings are owned by the options. */
 typedef struct agent_service {
@@ -37,6 +47,9 @@ typedef struct agent_service {
   char *ca_file;    /* http, kube: NULL = default trust */
   char *token_file; /* kube */
   int verify;
+  struct kr_handler handler;           /* SVC_HANDLER */
+  struct kr_http_handler http_handler; /* SVC_HTTP_HANDLER */
+  void *service_data;                  /* both */
 } agent_service;
 
 #define KR__AGENT_MAX_URLS 8
@@ -52,13 +65,15 @@ struct kr_agent_options {
   kr_time_us backoff_base, backoff_cap;
 };
 
-/* A service as it runs. */
+/* A service as it runs: a name, a handler and its service data. */
 typedef struct agent_svc {
   char name[128];
-  service_type type;
-  kr__url url;
-  kr__http_service *http;
-  kr__kube_service *kube;
+  struct kr_handler handler;
+  void *data;
+  kr__url url;                    /* SVC_TCP: the data */
+  kr__http_service *http;         /* SVC_HTTP: the data */
+  kr__kube_service *kube;         /* SVC_KUBE: the data */
+  kr__http_handler_svc http_ctx;  /* SVC_HTTP_HANDLER: the data */
 } agent_svc;
 
 typedef struct agent_slot agent_slot;
@@ -282,12 +297,43 @@ int kr_agent_options_add_kubernetes(kr_agent_options *o, const char *name,
   return 0;
 }
 
+int kr_agent_options_add_handler(kr_agent_options *o, const char *name,
+                                 const kr_handler *h, void *service_data) {
+  if (!h || !h->on_open)
+    return KR_EINVAL;
+  int rc = 0;
+  agent_service *sv = service_append(o, name, &rc);
+  if (!sv)
+    return rc;
+  sv->type = SVC_HANDLER;
+  sv->handler = *h;
+  sv->service_data = service_data;
+  o->n_services++;
+  return 0;
+}
+
+int kr_agent_options_add_http_handler(kr_agent_options *o, const char *name,
+                                      const kr_http_handler *h,
+                                      void *service_data) {
+  if (!h || !h->on_request)
+    return KR_EINVAL;
+  int rc = 0;
+  agent_service *sv = service_append(o, name, &rc);
+  if (!sv)
+    return rc;
+  sv->type = SVC_HTTP_HANDLER;
+  sv->http_handler = *h;
+  sv->service_data = service_data;
+  o->n_services++;
+  return 0;
+}
+
 int kr_agent_options_set_service_ca_file(kr_agent_options *o, const char *name,
                                          const char *path) {
   agent_service *sv = service_find(o, name);
   if (!sv)
     return KR_ENOENT;
-  if (sv->type == SVC_TCP || !path)
+  if ((sv->type != SVC_HTTP && sv->type != SVC_KUBE) || !path)
     return KR_EINVAL;
   char *ca;
   int rc = dup_path(path, &ca);
@@ -303,7 +349,7 @@ int kr_agent_options_set_service_verify(kr_agent_options *o, const char *name,
   agent_service *sv = service_find(o, name);
   if (!sv)
     return KR_ENOENT;
-  if (sv->type == SVC_TCP)
+  if (sv->type != SVC_HTTP && sv->type != SVC_KUBE)
     return KR_EINVAL;
   sv->verify = verify ? 1 : 0;
   return 0;
@@ -351,14 +397,19 @@ static const agent_svc *find_service(const kr_agent *a, const kr_md *md,
   return NULL;
 }
 
+/* ------------------------------------------------- built-in handlers
+ * Each takes the stream over with the I/O layer's own machinery (a
+ * splice, a pooled HTTP client), which installs its own stream handler. */
+
 /* Placeholder callbacks until the splice takes the socket over. */
 static const kr__sock_cbs no_sock_cbs = {NULL, NULL, NULL, NULL, NULL};
 
-static void tcp_service(kr_agent *a, const agent_svc *sv, kr_stream *s,
-                        int fin) {
+static void tcp_open(kr_stream *s, const kr_md *md, size_t n, int fin,
+                     void *data) {
+  const kr__url *url = data;
   kr__sock *sock;
-  int rc = kr__sock_connect(a->base, sv->url.host, sv->url.port, &no_sock_cbs,
-                            NULL, &sock);
+  int rc = kr__sock_connect(kr__conn_base(kr__conn_of(s)), url->host,
+                            url->port, &no_sock_cbs, NULL, &sock);
   if (rc < 0) {
     kr_stream_reset(s, KR_CODE_UPSTREAM,
                     rc == KR_EADDR ? "cannot resolve the upstream"
@@ -374,28 +425,34 @@ static void tcp_service(kr_agent *a, const agent_svc *sv, kr_stream *s,
     kr__splice_peer_fin(sp);
 }
 
+static void http_open(kr_stream *s, const kr_md *md, size_t n, int fin,
+                      void *data) {
+  kr__http_service_serve(data, s, md, n, fin, NULL, 0, NULL, NULL);
+}
+
+static void kube_open(kr_stream *s, const kr_md *md, size_t n, int fin,
+                      void *data) {
+  kr__kube_service_serve(data, s, md, n, fin);
+}
+
+static const struct kr_handler tcp_handler = {tcp_open, {0}};
+static const struct kr_handler http_handler = {http_open, {0}};
+static const struct kr_handler kube_handler = {kube_open, {0}};
+
+/* Every stream goes the same way: the service's handler becomes the
+ * stream's handler, its service data the stream's user data, and on_open
+ * answers. */
 static void on_stream(kr__conn *c, kr_stream *s, const kr_md *md, size_t n,
                       int fin, void *ud) {
   agent_link *l = ud;
-  kr_agent *a = l->a;
-  const agent_svc *sv = find_service(a, md, n);
+  const agent_svc *sv = find_service(l->a, md, n);
   if (!sv) {
     kr_stream_reset(s, KR_CODE_NOT_FOUND, "unknown service");
-    kr__conn_kick(c);
     return;
   }
-  switch (sv->type) {
-  case SVC_TCP:
-    tcp_service(a, sv, s, fin);
-    break;
-  case SVC_HTTP:
-    kr__http_service_serve(sv->http, s, md, n, fin, NULL, 0, NULL, NULL);
-    break;
-  case SVC_KUBE:
-    kr__kube_service_serve(sv->kube, s, md, n, fin);
-    break;
-  }
-  kr__conn_kick(c);
+  kr__stream_set_handler(s, &sv->handler.cbs);
+  kr_stream_set_user_data(s, sv->data);
+  sv->handler.on_open(s, md, n, fin, sv->data);
 }
 
 /* ----------------------------------------------------------- connections */
@@ -541,15 +598,36 @@ static int start_services(kr_agent *a, const kr_agent_options *o, char *err,
     const agent_service *c = &o->services[i];
     agent_svc *sv = &a->svcs[a->n_svcs++];
     memcpy(sv->name, c->name, sizeof(sv->name));
-    sv->type = c->type;
-    sv->url = c->url;
     int rc = 0;
-    if (c->type == SVC_HTTP)
+    switch (c->type) {
+    case SVC_TCP:
+      sv->url = c->url;
+      sv->handler = tcp_handler;
+      sv->data = &sv->url;
+      break;
+    case SVC_HTTP:
       rc = kr__http_service_new(a->base, c->name, c->url_str, c->ca_file,
                                 c->verify, &sv->http, err, errlen);
-    else if (c->type == SVC_KUBE)
+      sv->handler = http_handler;
+      sv->data = sv->http;
+      break;
+    case SVC_KUBE:
       rc = kr__kube_service_new(a->base, c->name, c->url_str, c->token_file,
                                 c->ca_file, c->verify, &sv->kube, err, errlen);
+      sv->handler = kube_handler;
+      sv->data = sv->kube;
+      break;
+    case SVC_HANDLER:
+      sv->handler = c->handler;
+      sv->data = c->service_data;
+      break;
+    case SVC_HTTP_HANDLER:
+      sv->handler = kr__http_handler_stream;
+      sv->http_ctx.cbs = c->http_handler;
+      sv->http_ctx.service_data = c->service_data;
+      sv->data = &sv->http_ctx;
+      break;
+    }
     if (rc < 0)
       return rc;
   }

@@ -25,8 +25,8 @@
 #include "http/http_parse.h"
 
 /* Reserved names used by the HTTP mapping besides KR_MD_* in mux.h. */
-#define KR__MD_USER ":user"
-#define KR__MD_GROUP ":group"
+#define KR__MD_USER KR_MD_USER
+#define KR__MD_GROUP KR_MD_GROUP
 
 /* A growable list of metadata entries owning copies of their bytes.
  * Limits: KR__MDLIST_MAX_ENTRIES entries, KR__MDLIST_MAX_BYTES bytes of

@@ -68,6 +68,7 @@ static int conn_leave(kr__conn *c) {
 
 kr_mux *kr__conn_mux(const kr__conn *c) { return c->mux; }
 kr__transport *kr__conn_transport(const kr__conn *c) { return c->t; }
+struct event_base *kr__conn_base(const kr__conn *c) { return c->base; }
 void *kr__conn_user_data(const kr__conn *c) { return c->ud; }
 const char *kr__conn_peer(const kr__conn *c) { return c->peer; }
 kr__conn *kr__conn_of(const kr_stream *s) {

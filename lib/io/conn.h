@@ -85,6 +85,9 @@ void kr__conn_abort(kr__conn *c, uint32_t code, const char *reason);
 /* The transport, or NULL once it closed. */
 kr__transport *kr__conn_transport(const kr__conn *c);
 
+/* The event_base the conn runs on. */
+struct event_base *kr__conn_base(const kr__conn *c);
+
 /* The conn of a stream (the mux's user data). */
 kr__conn *kr__conn_of(const kr_stream *s);
 

@@ -112,6 +112,81 @@ KR_API int kr_kas_options_set_handshake_timeout(kr_kas_options *o,
 /* Instance name for logs. Default "kas". Copied (max 255 bytes). */
 KR_API int kr_kas_options_set_name(kr_kas_options *o, const char *name);
 
+/* ----------------------------------------------------- custom verifiers
+ * A host program that knows its agents and users itself (a platform
+ * asking its own database or API) verifies credentials with callbacks
+ * instead of, or in addition to, the token file and the API secret. The
+ * built-in checks run first; a credential they do not accept (or every
+ * credential, when no file or secret is configured) goes to the verifier.
+ *
+ * A verification may take time (a network call): the verifier receives a
+ * kr_kas_auth and completes it exactly once, now or later, on the loop
+ * thread, with kr_kas_auth_allow() or kr_kas_auth_deny(); completing frees
+ * it. Until then the connection (or HTTP request) waits: an agent is not
+ * routed to, an API client's streams are held (and started once allowed,
+ * refused with UNAUTHORIZED when denied), a gateway request gets its
+ * answer after the verdict. A verification not completed within the
+ * handshake timeout (agent and API listeners) or the HTTP request timeout
+ * (gateway) fails the connection or request; if the connection goes away
+ * or kr_kas_free() runs first, the kr_kas_auth stays valid, must still be
+ * completed, and completing it only frees it (kr_kas_auth_cancelled()
+ * tells a verifier it may stop early).
+ */
+typedef struct kr_kas_auth kr_kas_auth;
+
+/* What is being verified. */
+typedef enum kr_kas_auth_kind {
+  KR_KAS_AUTH_AGENT = 1, /* an agent's token (HELLO or WebSocket Bearer) */
+  KR_KAS_AUTH_API = 2    /* an API client's HELLO token, or the Bearer
+                            credential of a gateway request */
+} kr_kas_auth_kind;
+
+/* token[0..len): the credential presented, valid during the call only.
+ * Never log it. */
+typedef void (*kr_kas_verify_cb)(kr_kas_auth *req, const uint8_t *token,
+                                 size_t len, void *user_data);
+
+/* Sets the verifier of agent tokens. With it, the agent token file is
+ * optional. */
+KR_API int kr_kas_options_set_agent_verifier(kr_kas_options *o,
+                                             kr_kas_verify_cb cb,
+                                             void *user_data);
+/* Sets the verifier of API credentials (API listeners and the HTTP
+ * gateway). With it, the API secret is optional. */
+KR_API int kr_kas_options_set_api_verifier(kr_kas_options *o,
+                                           kr_kas_verify_cb cb,
+                                           void *user_data);
+
+KR_API kr_kas_auth_kind kr_kas_auth_get_kind(const kr_kas_auth *req);
+/* The caller's address ("ip:port"), for the verifier's own logs. */
+KR_API const char *kr_kas_auth_peer(const kr_kas_auth *req);
+/* 1 when nobody waits for the verdict any more (connection closed, timed
+ * out, or the kas was freed). */
+KR_API int kr_kas_auth_cancelled(const kr_kas_auth *req);
+
+/* The verdict's contents, set before kr_kas_auth_allow():
+ * agent verification: the agent id (required, > 0);
+ * API verification: the agent of the Kubernetes proxy (/k8s-proxy/), as
+ * the "agent_id" claim of an API JWT (optional). KR_EINVAL for id <= 0. */
+KR_API int kr_kas_auth_set_agent_id(kr_kas_auth *req, int64_t id);
+/* API verification: the agents the caller may reach (at most 64 ids
+ * > 0; n 0: none). Not called: any agent. KR_EINVAL, KR_ETOOBIG. */
+KR_API int kr_kas_auth_set_agents(kr_kas_auth *req, const int64_t *ids,
+                                  size_t n);
+/* API verification: the caller's Kubernetes user name and groups (at most
+ * 32), 1..255 bytes of printable ASCII, not starting or ending with a
+ * space (they become Impersonate-* values at the agent). KR_EINVAL,
+ * KR_ETOOBIG. */
+KR_API int kr_kas_auth_set_user(kr_kas_auth *req, const char *user);
+KR_API int kr_kas_auth_add_group(kr_kas_auth *req, const char *group);
+
+/* Accepts the credential and frees req. Returns 0, or KR_EINVAL (an agent
+ * verification without an agent id: then req stays pending). */
+KR_API int kr_kas_auth_allow(kr_kas_auth *req);
+/* Refuses the credential (reason: short text for the log and the
+ * caller, NULL allowed; never put the credential in it) and frees req. */
+KR_API void kr_kas_auth_deny(kr_kas_auth *req, const char *reason);
+
 /* Creates the server and binds every listener. o is copied. On failure
  * returns KR_EADDR (bind), KR_ETLS (certificate), KR_ECONFIG (missing
  * token file or secret, unreadable token file) or KR_ENOMEM, with a reason

@@ -1,0 +1,145 @@
+/* libkasroute — HTTP handlers: an agent serving HTTP without an upstream.
+ *
+ * A kr_http_handler serves one service of an agent as HTTP
+ * (kr_agent_options_add_http_handler() in <kasroute/agent.h>). Callers
+ * reach it like any HTTP service: through the kas gateway
+ * (/api/v1/agents/{id}/services/{service}/{path}) or with HTTP over a
+ * stream (docs/PROTOCOL.md, "HTTP over streams"). Each request is one
+ * kr_http_exchange:
+ *
+ *   on_request   the request head arrived: method, path, fields, and the
+ *                caller's identity when kas knows it. Answer now or later
+ *                with kr_http_respond() (or kr_http_respond_body() for a
+ *                whole small response).
+ *   on_body      request body bytes (valid during the call). They count
+ *                as consumed when the callback returns unless the
+ *                exchange is paused (kr_http_pause_body()): then the
+ *                caller can send at most one stream window (2 MiB) more
+ *                until it is resumed. Without on_body the body is
+ *                dropped.
+ *   on_body_end  the request body is complete (also fires, right after
+ *                on_request, for a request without a body).
+ *   on_writable  a kr_http_write() was short (or KR_EAGAIN): write the
+ *                rest now.
+ *   on_close     the exchange is over, exactly once per on_request: err 0
+ *                when the response was finished and the request read to
+ *                its end, otherwise why it failed (KR_ERESET: the caller
+ *                went away or the exchange was aborted; KR_EPROTO: the
+ *                request was malformed after all). The exchange and every
+ *                string obtained from it are invalid once it returns.
+ *
+ * A malformed request (no ":method" or ":path", a path not starting with
+ * '/') never reaches on_request: the stream is reset with
+ * KR_CODE_PROTOCOL.
+ *
+ * User data: an exchange's user data starts as the service_data given at
+ * registration; on_request may replace it (kr_http_set_user_data()).
+ * Later callbacks receive the current value.
+ *
+ * Re-entrancy and threading as in <kasroute/handler.h>: callbacks run on
+ * the agent's loop thread; the kr_http_* functions may be called inside
+ * them, or outside them from that thread while the exchange is open;
+ * kr_http_abort() inside a callback fires on_close before it returns.
+ */
+#ifndef KASROUTE_HTTP_HANDLER_H
+#define KASROUTE_HTTP_HANDLER_H
+
+#include <kasroute/common.h>
+#include <kasroute/mux.h>
+
+KR_BEGIN_DECLS
+
+typedef struct kr_http_handler kr_http_handler;
+typedef struct kr_http_exchange kr_http_exchange;
+
+typedef void (*kr_http_request_cb)(kr_http_exchange *x, void *service_data);
+typedef void (*kr_http_body_cb)(kr_http_exchange *x, const uint8_t *data,
+                                size_t len, void *user_data);
+typedef void (*kr_http_event_cb)(kr_http_exchange *x, void *user_data);
+typedef void (*kr_http_close_cb)(kr_http_exchange *x, int err,
+                                 void *user_data);
+
+/* An empty callback set; on_request is required. Copied at registration.
+ * Returns 0 or KR_ENOMEM. */
+KR_API int kr_http_handler_new(kr_http_handler **out);
+/* NULL is a no-op. */
+KR_API void kr_http_handler_free(kr_http_handler *h);
+KR_API void kr_http_handler_set_on_request(kr_http_handler *h,
+                                           kr_http_request_cb f);
+KR_API void kr_http_handler_set_on_body(kr_http_handler *h, kr_http_body_cb f);
+KR_API void kr_http_handler_set_on_body_end(kr_http_handler *h,
+                                            kr_http_event_cb f);
+KR_API void kr_http_handler_set_on_writable(kr_http_handler *h,
+                                            kr_http_event_cb f);
+KR_API void kr_http_handler_set_on_close(kr_http_handler *h,
+                                         kr_http_close_cb f);
+
+/* ---------------------------------------------------------------- request
+ * Strings are NUL-terminated and valid until on_close returns. */
+
+/* The request method ("GET", ...). */
+KR_API const char *kr_http_method(const kr_http_exchange *x);
+/* The request target: path and query, starting with '/' (relative to the
+ * service: the gateway strips /api/v1/agents/{id}/services/{service}). */
+KR_API const char *kr_http_path(const kr_http_exchange *x);
+/* The value of the first field named name (ASCII case-insensitive), or
+ * NULL. Hop-by-hop fields never arrive (kas removes them). */
+KR_API const char *kr_http_header(const kr_http_exchange *x, const char *name);
+/* Number of request fields, and field i (names in lower case). Returns 0,
+ * or KR_EINVAL when i is out of range. */
+KR_API size_t kr_http_header_count(const kr_http_exchange *x);
+KR_API int kr_http_header_at(const kr_http_exchange *x, size_t i,
+                             const char **name, const char **value);
+/* Who is calling, as kas authenticated it (":user", ":group"); NULL / 0
+ * when kas sent no identity. */
+KR_API const char *kr_http_user(const kr_http_exchange *x);
+KR_API size_t kr_http_group_count(const kr_http_exchange *x);
+KR_API const char *kr_http_group_at(const kr_http_exchange *x, size_t i);
+/* 1 while request body bytes may still arrive. */
+KR_API int kr_http_has_body(const kr_http_exchange *x);
+
+KR_API void *kr_http_user_data(const kr_http_exchange *x);
+KR_API void kr_http_set_user_data(kr_http_exchange *x, void *user_data);
+
+/* Pauses (1) or resumes (0) crediting the request body: see on_body.
+ * Returns 0 or KR_ECLOSED. */
+KR_API int kr_http_pause_body(kr_http_exchange *x, int pause);
+
+/* --------------------------------------------------------------- response */
+
+/* Sends the response head: status 200..599 (or 101 to switch protocols:
+ * afterwards both directions carry raw bytes), fields[0..n) (names
+ * 1..255 bytes of RFC 9110 token characters, any case, sent in lower
+ * case; values without CR, LF or NUL; copied). end: no body follows.
+ * Without a "content-length" field the gateway sends the body chunked
+ * (or until close to HTTP/1.0 clients).
+ * Returns 0, KR_ESTATE (already answered), KR_EINVAL (status, a
+ * reserved (":"), hop-by-hop or malformed field), KR_ETOOBIG (the head
+ * does not fit one frame), KR_ECLOSED, KR_ENOMEM. */
+KR_API int kr_http_respond(kr_http_exchange *x, int status,
+                           const kr_md *fields, size_t n, int end);
+/* A whole response at once: status, "content-type" (NULL: none),
+ * "content-length" and body[0..len) (copied into the stream's queue
+ * whatever its size; meant for small documents). Errors as
+ * kr_http_respond(). */
+KR_API int kr_http_respond_body(kr_http_exchange *x, int status,
+                                const char *content_type, const void *body,
+                                size_t len);
+/* Writes response body bytes, as kr_stream_write(): returns the count
+ * accepted (0..len); a short count or KR_EAGAIN means on_writable will
+ * fire. KR_ESTATE before kr_http_respond() or after the end, KR_ECLOSED,
+ * KR_ENOMEM. */
+KR_API int64_t kr_http_write(kr_http_exchange *x, const void *data,
+                             size_t len);
+/* Ends the response body. Returns 0, KR_ESTATE (not answered or already
+ * ended), KR_ECLOSED. */
+KR_API int kr_http_finish(kr_http_exchange *x);
+/* Aborts the exchange (the caller sees a failed response: the gateway
+ * answers 502 if no head was sent yet, otherwise cuts the connection).
+ * reason (may be NULL) goes to the caller. on_close fires with KR_ERESET
+ * before it returns. Returns 0 or KR_ECLOSED. */
+KR_API int kr_http_abort(kr_http_exchange *x, const char *reason);
+
+KR_END_DECLS
+
+#endif

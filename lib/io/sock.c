@@ -120,9 +120,31 @@ static void check_drain(kr__sock *s) {
   }
 }
 
+/* Sends what the output buffer holds with sendmsg(MSG_NOSIGNAL): a peer
+ * that closed must give EPIPE, never SIGPIPE, which would kill a host
+ * program that did not ignore the signal (evbuffer_write uses writev). */
+static ssize_t send_buffered(kr__sock *s) {
+  struct evbuffer_iovec v[16];
+  int nv = evbuffer_peek(s->out, -1, NULL, v, 16);
+  if (nv > 16)
+    nv = 16;
+  struct msghdr msg = {0};
+  struct iovec iov[16];
+  for (int i = 0; i < nv; i++) {
+    iov[i].iov_base = v[i].iov_base;
+    iov[i].iov_len = v[i].iov_len;
+  }
+  msg.msg_iov = iov;
+  msg.msg_iovlen = (size_t)nv;
+  ssize_t n = sendmsg(s->fd, &msg, MSG_NOSIGNAL);
+  if (n > 0)
+    evbuffer_drain(s->out, (size_t)n);
+  return n;
+}
+
 static void flush_out(kr__sock *s) {
   while (evbuffer_get_length(s->out) > 0) {
-    int n = evbuffer_write_atmost(s->out, s->fd, -1);
+    ssize_t n = send_buffered(s);
     if (n > 0)
       continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))

@@ -92,4 +92,21 @@ resolved=$(ldd "$tmp/mux_demo" | awk '$1 ~ /^libkasroute\.so/ { print $3 }')
 
 echo "== run"
 "$tmp/mux_demo" || die "mux_demo built against the installed library failed"
+
+# An agent program (HTTP handler, its own libevent loop), the way a user
+# builds one: pkg-config for both libraries.
+echo "== compile examples/minimal_agent.c out of tree"
+read -r -a evflags <<<"$(pkg-config --cflags --libs libevent)"
+"${cc[@]}" -std=c11 -Wall -Wextra -Werror -Wno-unused-parameter "${san[@]}" \
+  "${cflags[@]}" "$srcdir/examples/minimal_agent.c" -o "$tmp/minimal_agent" \
+  "${libs[@]}" "${evflags[@]}" "-Wl,-rpath,$staged_libdir" ||
+  die "out-of-tree compile of minimal_agent.c failed"
+resolved=$(ldd "$tmp/minimal_agent" | awk '$1 ~ /^libkasroute\.so/ { print $3 }')
+[[ $resolved == "$staged_libdir"/* ]] ||
+  die "minimal_agent loads libkasroute from '${resolved:-nowhere}'"
+# Without arguments it prints its usage and exits 2: it loaded and ran.
+rc=0
+"$tmp/minimal_agent" >/dev/null 2>"$tmp/usage" || rc=$?
+[[ $rc == 2 ]] && grep -q usage "$tmp/usage" ||
+  die "minimal_agent built against the installed library: exit $rc, $(cat "$tmp/usage")"
 echo "install: OK"

@@ -38,10 +38,16 @@
 KR_BEGIN_DECLS
 
 struct event_base;
+/* A running agent: its tunnel connections and services. Made by
+ * kr_agent_new(), ended by kr_agent_free(). */
 typedef struct kr_agent kr_agent;
+/* Everything kr_agent_new() needs, set piece by piece; copied by
+ * kr_agent_new(), so it may be freed (or reused) right after. */
 typedef struct kr_agent_options kr_agent_options;
 
+/* Options with the defaults stated below. Returns 0 or KR_ENOMEM. */
 KR_API int kr_agent_options_new(kr_agent_options **out);
+/* Frees the options (the token is wiped). NULL is a no-op. */
 KR_API void kr_agent_options_free(kr_agent_options *o);
 
 /* kas agent listener: tcp://host:port, tls://host:port,
@@ -54,12 +60,14 @@ KR_API int kr_agent_options_set_kas_url(kr_agent_options *o, const char *url);
  * instances and move away from one that died. At most 8 URLs in all.
  * KR_EADDR, KR_ETOOBIG. */
 KR_API int kr_agent_options_add_kas_url(kr_agent_options *o, const char *url);
-/* The agent token (copied; 1..4096 bytes). Required. */
+/* The agent token (copied; 1..4096 bytes). Required. KR_EINVAL for a
+ * NULL, empty or longer token. */
 KR_API int kr_agent_options_set_token(kr_agent_options *o, const char *token,
                                       size_t len);
-/* Tunnel connections to keep (1..64, default 2). */
+/* Tunnel connections to keep (1..64, default 2). KR_EINVAL otherwise. */
 KR_API int kr_agent_options_set_connections(kr_agent_options *o, unsigned n);
-/* Replica name sent in HELLO (default: the host name). Max 127 bytes. */
+/* Replica name sent in HELLO (default: the host name); kas shows it in
+ * its logs and listings. 1..127 bytes; KR_EINVAL otherwise. */
 KR_API int kr_agent_options_set_name(kr_agent_options *o, const char *name);
 /* Adds a service: name (1..127 bytes of [A-Za-z0-9._-]) served by url:
  * tcp://host:port, or http://host:port[/base] / https://host:port[/base]
@@ -73,7 +81,8 @@ KR_API int kr_agent_options_add_service(kr_agent_options *o, const char *name,
 /* Adds a service implemented by the application: every stream opened to
  * name is served by the callbacks of h (<kasroute/handler.h>; h is
  * copied, on_open required) with service_data as the stream's first user
- * data. The built-in services above are handlers of the same kind,
+ * data; service_data belongs to the application and must stay valid
+ * until kr_agent_free() returns. The built-in services above are handlers of the same kind,
  * registered and dispatched the same way. Errors as
  * kr_agent_options_add_service(), and KR_EINVAL for a NULL h or one
  * without on_open. */
@@ -117,38 +126,56 @@ KR_API int kr_agent_options_add_kubernetes(kr_agent_options *o,
                                            const char *url_or_null,
                                            const char *token_file_or_null,
                                            const char *ca_file_or_null);
-/* CA bundle for tls:// and wss:// (default: the system store). */
+/* CA bundle (PEM file) for tls:// and wss:// (default: the system
+ * store). The path is copied (KR_EINVAL for NULL or over 1023 bytes); the
+ * file is read by kr_agent_new() (KR_ETLS when it cannot be used). */
 KR_API int kr_agent_options_set_tls_ca_file(kr_agent_options *o,
                                             const char *path);
-/* Certificate verification for tls:// and wss:// (default 1). Turning it off is
- * for tests only. */
+/* Certificate verification for tls:// and wss:// (default 1). Turning it
+ * off is for tests only. Returns 0. */
 KR_API int kr_agent_options_set_tls_verify(kr_agent_options *o, int verify);
-/* Keepalive (see kr_mux_options_set_keepalive()). Defaults 15 s / 45 s. */
+/* Keepalive (see kr_mux_options_set_keepalive()). Defaults 15 s / 45 s.
+ * KR_EINVAL when timeout is not 0 and not above interval. */
 KR_API int kr_agent_options_set_keepalive(kr_agent_options *o,
                                           kr_time_us interval,
                                           kr_time_us timeout);
-/* Reconnect backoff: first ceiling and maximum. Defaults 1 s and 30 s. */
+/* Reconnect backoff: first ceiling and maximum. Defaults 1 s and 30 s.
+ * KR_EINVAL for a zero base or a cap below it. */
 KR_API int kr_agent_options_set_backoff(kr_agent_options *o, kr_time_us base,
                                         kr_time_us cap);
 
 /* Creates the agent and its services and starts dialling. o is copied.
+ * A kas that cannot be reached is not an error: dialling goes on with
+ * backoff (kr_agent_connected() says when tunnels are up). Host names in
+ * URLs are resolved with the system resolver, which blocks the loop
+ * while it runs; numeric addresses never block.
  * KR_ECONFIG (missing URL or token; a kubernetes service without a
  * cluster or a readable token), KR_ETLS (a CA file), KR_EADDR,
- * KR_ENOMEM, with a reason in err. */
+ * KR_ENOMEM, with a reason in err (may be NULL). */
 KR_API int kr_agent_new(kr_agent **out, struct event_base *base,
                         const kr_agent_options *o, char *err, size_t errlen);
 
-/* Closes everything at once without callbacks (streams in flight are
- * reset, every upstream connection closed) and frees. NULL: no-op. */
+/* Closes everything at once and frees. NULL: no-op. Streams in flight are
+ * reset and every upstream connection closed; the only callbacks that
+ * fire (during this call) are the on_close of streams that application
+ * handlers are serving (KR_CODE_SHUTDOWN; HTTP handlers: on_close with
+ * KR_ERESET), so that they can free their per-stream state. Nothing fires
+ * afterwards. Not allowed inside a handler callback of the same agent;
+ * allowed inside kr_agent_drain()'s done. */
 KR_API void kr_agent_free(kr_agent *a);
 
 /* Tunnel connections that completed their handshake and are serving. */
 KR_API unsigned kr_agent_connected(const kr_agent *a);
 
+/* kr_agent_drain() is over: every connection is closed. */
 typedef void (*kr_agent_drained_cb)(kr_agent *a, void *user_data);
 
-/* Graceful stop: no reconnects; GOAWAY on every connection; open streams
- * finish for up to grace; then the rest is closed and done fires once. */
+/* Graceful stop: no reconnects; GOAWAY on every connection (kas routes
+ * new streams elsewhere); open streams finish for up to grace; then the
+ * rest is closed (their handlers' on_close fires with KR_CODE_SHUTDOWN)
+ * and done (may be NULL) fires once, from the loop, never inside this
+ * call. kr_agent_free() may be called inside done. A second call is
+ * ignored. */
 KR_API void kr_agent_drain(kr_agent *a, kr_time_us grace,
                            kr_agent_drained_cb done, void *user_data);
 

@@ -10,12 +10,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* KR_API: the export attribute of every public function (empty outside
+ * the library's own build). */
 #if defined(KR_BUILDING_LIBRARY) && defined(__GNUC__)
 #define KR_API __attribute__((visibility("default")))
 #else
 #define KR_API
 #endif
 
+/* KR_BEGIN_DECLS / KR_END_DECLS: C linkage for C++ callers. */
 #ifdef __cplusplus
 #define KR_BEGIN_DECLS extern "C" {
 #define KR_END_DECLS }

@@ -40,6 +40,10 @@ KR_BEGIN_DECLS
   X(ADDR, -24, "invalid or unresolvable address")                             \
   X(PERM, -25, "not permitted for these credentials")
 
+/* The error codes, KR_E<NAME> = value for every X() line of
+ * KR_ERROR_MAP. Functions return them as int (or int64_t) values; the
+ * meaning of each code and what a caller does about it is tabled in
+ * docs/API.md ("Errors"). */
 typedef enum kr_error {
 #define KR__ERROR_ENUM(name, value, msg) KR_E##name = (value),
   KR_ERROR_MAP(KR__ERROR_ENUM)
@@ -47,13 +51,14 @@ typedef enum kr_error {
 } kr_error;
 
 /* Human-readable message for an error code ("unknown error" for values not
- * in the list, "success" for 0 or positive). The string is static.
- * Thread-safe. */
+ * in the list, "success" for 0 or positive). The string is static: never
+ * free it. Thread-safe; may be called from any callback. */
 KR_API const char *kr_strerror(int err);
 
-/* Symbolic name of an error code without the prefix, e.g. "NOMEM" for
- * KR_ENOMEM; "OK" for 0 or positive, "UNKNOWN" for values not in the list.
- * Bindings derive exception class names from it. Thread-safe. */
+/* Symbolic name of an error code without the prefix ("NOMEM" for
+ * KR_ENOMEM); "OK" for 0 or positive, "UNKNOWN" for values not in the
+ * list. Bindings derive exception class names from it. The string is
+ * static. Thread-safe; may be called from any callback. */
 KR_API const char *kr_err_name(int err);
 
 KR_END_DECLS

@@ -52,6 +52,7 @@
 
 KR_BEGIN_DECLS
 
+/* The callbacks of one service (opaque; made by kr_handler_new()). */
 typedef struct kr_handler kr_handler;
 
 /* A stream for the service arrived; see above. md[0..n) is valid during
@@ -66,6 +67,9 @@ typedef void (*kr_handler_open_cb)(kr_stream *s, const kr_md *md, size_t n,
 KR_API int kr_handler_new(kr_handler **out);
 /* NULL is a no-op. */
 KR_API void kr_handler_free(kr_handler *h);
+
+/* Set one callback of the set (f NULL unsets it); the change applies to
+ * this set only, not to services registered with it before. */
 KR_API void kr_handler_set_on_open(kr_handler *h, kr_handler_open_cb f);
 KR_API void kr_handler_set_on_data(kr_handler *h, kr_on_data_cb f);
 KR_API void kr_handler_set_on_fin(kr_handler *h, kr_on_fin_cb f);
@@ -73,7 +77,8 @@ KR_API void kr_handler_set_on_writable(kr_handler *h, kr_on_writable_cb f);
 KR_API void kr_handler_set_on_close(kr_handler *h, kr_on_close_cb f);
 
 /* The first entry of md[0..n) named name (NUL-terminated, compared
- * byte for byte), or NULL. */
+ * byte for byte), or NULL (also for a NULL name). Values are not
+ * NUL-terminated: use value_len. */
 KR_API const kr_md *kr_md_find(const kr_md *md, size_t n, const char *name);
 
 KR_END_DECLS

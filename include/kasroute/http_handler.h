@@ -71,13 +71,19 @@
 
 KR_BEGIN_DECLS
 
+/* The callbacks of one HTTP service (opaque; kr_http_handler_new()). */
 typedef struct kr_http_handler kr_http_handler;
+/* One request and its response, from on_request to on_close. */
 typedef struct kr_http_exchange kr_http_exchange;
 
+/* on_request: the request head arrived; service_data as registered. */
 typedef void (*kr_http_request_cb)(kr_http_exchange *x, void *service_data);
+/* on_body: data[0..len) of the request body, valid during the call. */
 typedef void (*kr_http_body_cb)(kr_http_exchange *x, const uint8_t *data,
                                 size_t len, void *user_data);
+/* on_body_end and on_writable. */
 typedef void (*kr_http_event_cb)(kr_http_exchange *x, void *user_data);
+/* on_close: the exchange is over (err 0, or why it failed). */
 typedef void (*kr_http_close_cb)(kr_http_exchange *x, int err, void *user_data);
 
 /* An empty callback set; on_request is required. Copied at registration.
@@ -85,6 +91,9 @@ typedef void (*kr_http_close_cb)(kr_http_exchange *x, int err, void *user_data);
 KR_API int kr_http_handler_new(kr_http_handler **out);
 /* NULL is a no-op. */
 KR_API void kr_http_handler_free(kr_http_handler *h);
+
+/* Set one callback of the set (f NULL unsets it); the change applies to
+ * this set only, not to services registered with it before. */
 KR_API void kr_http_handler_set_on_request(kr_http_handler *h,
                                            kr_http_request_cb f);
 KR_API void kr_http_handler_set_on_body(kr_http_handler *h, kr_http_body_cb f);
@@ -124,6 +133,8 @@ KR_API const char *kr_http_group_at(const kr_http_exchange *x, size_t i);
 /* 1 while request body bytes may still arrive. */
 KR_API int kr_http_has_body(const kr_http_exchange *x);
 
+/* The exchange's user data (first the service_data; see above) and its
+ * replacement; later callbacks receive the new value. */
 KR_API void *kr_http_user_data(const kr_http_exchange *x);
 KR_API void kr_http_set_user_data(kr_http_exchange *x, void *user_data);
 

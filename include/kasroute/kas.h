@@ -22,12 +22,17 @@
 KR_BEGIN_DECLS
 
 struct event_base;
+/* A running kas server: listeners, connections, routes. Made by
+ * kr_kas_new(), ended by kr_kas_free(). */
 typedef struct kr_kas kr_kas;
+/* Everything kr_kas_new() needs, set piece by piece; copied by
+ * kr_kas_new(), so it may be freed (or reused) right after. */
 typedef struct kr_kas_options kr_kas_options;
 
-/* Returns 0 or KR_ENOMEM. */
+/* Options with the defaults stated below. Returns 0 or KR_ENOMEM. */
 KR_API int kr_kas_options_new(kr_kas_options **out);
-/* NULL is a no-op. */
+/* Frees the options; the secrets and the Redis password in them are
+ * wiped first. NULL is a no-op. */
 KR_API void kr_kas_options_free(kr_kas_options *o);
 
 /* Where agents connect: tcp://host:port, tls://host:port,
@@ -92,11 +97,13 @@ KR_API int kr_kas_options_set_private_ca_file(kr_kas_options *o,
  * Copied. */
 KR_API int kr_kas_options_set_tls(kr_kas_options *o, const char *cert_file,
                                   const char *key_file);
-/* Agent token file (docs: README "Agent tokens"). Required. Copied. */
+/* Agent token file (docs: README "Agent tokens"). Required unless an
+ * agent verifier is set (see "custom verifiers"). Copied. */
 KR_API int kr_kas_options_set_agent_tokens_file(kr_kas_options *o,
                                                 const char *path);
 /* Secret for API JWTs (HS256), at least 32 bytes. Copied. Required when
- * an API listener is configured. KR_EINVAL when shorter. */
+ * an API or HTTP listener is configured, unless an API verifier is set.
+ * KR_EINVAL when shorter. */
 KR_API int kr_kas_options_set_api_secret(kr_kas_options *o,
                                          const uint8_t *secret, size_t len);
 /* How long a client stream waits for a tunnel of its agent. Default 20 s. */
@@ -106,7 +113,8 @@ KR_API int kr_kas_options_set_route_timeout(kr_kas_options *o,
  * Defaults 15 s / 45 s. */
 KR_API int kr_kas_options_set_keepalive(kr_kas_options *o, kr_time_us interval,
                                         kr_time_us timeout);
-/* Time allowed for TLS and HELLO. Default 10 s. */
+/* Time allowed for TLS, HELLO and a custom verifier's verdict. Default
+ * 10 s. */
 KR_API int kr_kas_options_set_handshake_timeout(kr_kas_options *o,
                                                 kr_time_us timeout);
 /* Instance name for logs. Default "kas". Copied (max 255 bytes). */
@@ -118,50 +126,70 @@ KR_API int kr_kas_options_set_name(kr_kas_options *o, const char *name);
  * instead of, or in addition to, the token file and the API secret. The
  * built-in checks run first; a credential they do not accept (or every
  * credential, when no file or secret is configured) goes to the verifier.
+ * A connection or request that presents no credential at all is refused
+ * without asking it.
  *
  * A verification may take time (a network call): the verifier receives a
- * kr_kas_auth and completes it exactly once, now or later, on the loop
- * thread, with kr_kas_auth_allow() or kr_kas_auth_deny(); completing frees
- * it. Until then the connection (or HTTP request) waits: an agent is not
- * routed to, an API client's streams are held (and started once allowed,
- * refused with UNAUTHORIZED when denied), a gateway request gets its
- * answer after the verdict. A verification not completed within the
- * handshake timeout (agent and API listeners) or the HTTP request timeout
- * (gateway) fails the connection or request; if the connection goes away
- * or kr_kas_free() runs first, the kr_kas_auth stays valid, must still be
- * completed, and completing it only frees it (kr_kas_auth_cancelled()
- * tells a verifier it may stop early).
+ * kr_kas_auth and completes it exactly once, now (inside the callback) or
+ * later, on the loop thread, with kr_kas_auth_allow() or
+ * kr_kas_auth_deny(); completing frees it. Until then the connection (or
+ * HTTP request) waits: an agent is not registered, so nothing is routed
+ * to it; an API client's streams are held unanswered (at most 1024 per
+ * connection, more are refused; their data waits within the flow-control
+ * windows), started once allowed and reset with KR_CODE_UNAUTHORIZED
+ * when denied; a gateway request gets its answer after the verdict.
+ * A denial is a refused credential like any other: GOAWAY UNAUTHORIZED
+ * (an agent then retries with backoff) or HTTP 401, counted in
+ * KR_KAS_STAT_AUTH_FAILURES, and on agent and API listeners it slows the
+ * address down as failures do.
+ *
+ * A verification not completed within the handshake timeout (agent and
+ * API listeners; none when that timeout is 0) or the HTTP request timeout
+ * (gateway) fails the connection with GOAWAY TIMEOUT, or the request with
+ * HTTP 504; that is not counted as a refusal. If the connection goes
+ * away, the request is abandoned, kr_kas_drain() starts or kr_kas_free()
+ * runs first, the kr_kas_auth stays valid, must still be completed, and
+ * completing it only frees it (kr_kas_auth_cancelled() tells a verifier
+ * it may stop early). At most 16384 verifications wait at once per kas;
+ * beyond that, credentials are turned away without calling the verifier
+ * (GOAWAY UNAUTHORIZED "retry later", or HTTP 503).
+ *
+ * Verdicts are not cached: every connection, and every gateway request
+ * whose credential the built-in checks refuse, asks the verifier again.
+ * The verifier may call any function of this header except kr_kas_free().
  */
 typedef struct kr_kas_auth kr_kas_auth;
 
 /* What is being verified. */
 typedef enum kr_kas_auth_kind {
   KR_KAS_AUTH_AGENT = 1, /* an agent's token (HELLO or WebSocket Bearer) */
-  KR_KAS_AUTH_API = 2    /* an API client's HELLO token, or the Bearer
-                            credential of a gateway request */
+  KR_KAS_AUTH_API = 2    /* an API client's HELLO token, or the credential
+                            after "Bearer " of a gateway request */
 } kr_kas_auth_kind;
 
-/* token[0..len): the credential presented, valid during the call only.
- * Never log it. */
+/* token[0..len): the credential presented (len > 0), valid during the
+ * call only. Never log it. */
 typedef void (*kr_kas_verify_cb)(kr_kas_auth *req, const uint8_t *token,
                                  size_t len, void *user_data);
 
-/* Sets the verifier of agent tokens. With it, the agent token file is
- * optional. */
+/* Sets the verifier of agent tokens (cb NULL: none). With it, the agent
+ * token file is optional. KR_EINVAL for a NULL o. */
 KR_API int kr_kas_options_set_agent_verifier(kr_kas_options *o,
                                              kr_kas_verify_cb cb,
                                              void *user_data);
 /* Sets the verifier of API credentials (API listeners and the HTTP
- * gateway). With it, the API secret is optional. */
+ * gateway; cb NULL: none). With it, the API secret is optional. */
 KR_API int kr_kas_options_set_api_verifier(kr_kas_options *o,
                                            kr_kas_verify_cb cb,
                                            void *user_data);
 
+/* Whether req is an agent's token or an API credential. */
 KR_API kr_kas_auth_kind kr_kas_auth_get_kind(const kr_kas_auth *req);
-/* The caller's address ("ip:port"), for the verifier's own logs. */
+/* The caller's address ("ip:port"), for the verifier's own logs. Valid
+ * as long as req. */
 KR_API const char *kr_kas_auth_peer(const kr_kas_auth *req);
 /* 1 when nobody waits for the verdict any more (connection closed, timed
- * out, or the kas was freed). */
+ * out, request abandoned, kas draining or freed), else 0. */
 KR_API int kr_kas_auth_cancelled(const kr_kas_auth *req);
 
 /* The verdict's contents, set before kr_kas_auth_allow():
@@ -170,13 +198,18 @@ KR_API int kr_kas_auth_cancelled(const kr_kas_auth *req);
  * the "agent_id" claim of an API JWT (optional). KR_EINVAL for id <= 0. */
 KR_API int kr_kas_auth_set_agent_id(kr_kas_auth *req, int64_t id);
 /* API verification: the agents the caller may reach (at most 64 ids
- * > 0; n 0: none). Not called: any agent. KR_EINVAL, KR_ETOOBIG. */
+ * > 0; n 0: none), as the "agents" claim of an API JWT: a stream or
+ * request for another agent is refused (KR_CODE_UNAUTHORIZED, HTTP 403).
+ * Not called: any agent. KR_EINVAL (an id <= 0, ids NULL with n > 0, an
+ * agent verification), KR_ETOOBIG (n > 64); the verdict is unchanged on
+ * error. */
 KR_API int kr_kas_auth_set_agents(kr_kas_auth *req, const int64_t *ids,
                                   size_t n);
 /* API verification: the caller's Kubernetes user name and groups (at most
  * 32), 1..255 bytes of printable ASCII, not starting or ending with a
- * space (they become Impersonate-* values at the agent). KR_EINVAL,
- * KR_ETOOBIG. */
+ * space (they become Impersonate-* values at the agent). The Kubernetes
+ * proxy needs an agent id and a user. Copied. KR_EINVAL (a bad name, an
+ * agent verification), KR_ETOOBIG (longer than 255 bytes, a 33rd group). */
 KR_API int kr_kas_auth_set_user(kr_kas_auth *req, const char *user);
 KR_API int kr_kas_auth_add_group(kr_kas_auth *req, const char *group);
 
@@ -184,39 +217,53 @@ KR_API int kr_kas_auth_add_group(kr_kas_auth *req, const char *group);
  * verification without an agent id: then req stays pending). */
 KR_API int kr_kas_auth_allow(kr_kas_auth *req);
 /* Refuses the credential (reason: short text for the log and the
- * caller, NULL allowed; never put the credential in it) and frees req. */
+ * caller, NULL allowed; never put the credential in it; cut at 120 bytes,
+ * characters outside printable ASCII replaced) and frees req. */
 KR_API void kr_kas_auth_deny(kr_kas_auth *req, const char *reason);
 
 /* Creates the server and binds every listener. o is copied. On failure
- * returns KR_EADDR (bind), KR_ETLS (certificate), KR_ECONFIG (missing
- * token file or secret, unreadable token file) or KR_ENOMEM, with a reason
- * in err (may be NULL). */
+ * returns KR_EADDR (bind), KR_ETLS (certificate), KR_ECONFIG (neither an
+ * agent token file nor an agent verifier; an API or HTTP listener with
+ * neither an API secret nor an API verifier; an unreadable token file) or
+ * KR_ENOMEM, with a reason in err (may be NULL). */
 KR_API int kr_kas_new(kr_kas **out, struct event_base *base,
                       const kr_kas_options *o, char *err, size_t errlen);
 
-/* Closes every connection and listener at once (no callbacks to anyone)
- * and frees. NULL is a no-op. */
+/* Closes every connection and listener at once (no callbacks to anyone:
+ * not the drain callback, not a verifier) and frees. Pending custom
+ * verifications stay valid until completed (see above). Allowed inside
+ * kr_kas_drain()'s done; not inside a verifier callback. NULL is a
+ * no-op. */
 KR_API void kr_kas_free(kr_kas *k);
 
-/* Bound port of the i-th agent / API listener in the order added, or
- * KR_EINVAL. */
+/* Bound port of the i-th agent, API, HTTP or private listener (each
+ * kind counted in the order added), or KR_EINVAL when there is no such
+ * listener. */
 KR_API int kr_kas_agent_port(const kr_kas *k, size_t i);
 KR_API int kr_kas_api_port(const kr_kas *k, size_t i);
 KR_API int kr_kas_http_port(const kr_kas *k, size_t i);
 KR_API int kr_kas_private_port(const kr_kas *k, size_t i);
 
-/* Re-reads the agent token file and the user-token file; on error the old table stays in force and the
- * reason is in err. Connected agents are not re-checked. */
+/* Re-reads the agent token file and the user-token file (what is
+ * configured). Returns 0, or KR_ECONFIG / KR_ETOOBIG / KR_ENOMEM with the
+ * reason in err (may be NULL); on error the old tables stay in force.
+ * Connected agents are not re-checked; gateway connections check their
+ * next request against the new user tokens. */
 KR_API int kr_kas_reload_tokens(kr_kas *k, char *err, size_t errlen);
 
+/* kr_kas_drain() is over: no connection remains. */
 typedef void (*kr_kas_drained_cb)(kr_kas *k, void *user_data);
 
 /* Graceful shutdown: stop accepting, send GOAWAY(SHUTDOWN) on every
  * connection, let open streams finish for up to grace, then close what is
- * left. done fires once, from the loop, when no connection remains. */
+ * left (with Redis, this instance's presence is removed too). done (may
+ * be NULL) fires once, from the loop, never inside this call, when no
+ * connection remains; kr_kas_free() may be called inside it. A second
+ * call is ignored. */
 KR_API void kr_kas_drain(kr_kas *k, kr_time_us grace, kr_kas_drained_cb done,
                          void *user_data);
 
+/* Counters and gauges of a kas (kr_kas_stat_get()). */
 typedef enum kr_kas_stat {
   KR_KAS_STAT_AGENT_CONNECTIONS = 0, /* authenticated tunnels now */
   KR_KAS_STAT_API_CONNECTIONS,       /* authenticated API clients now */
@@ -232,7 +279,7 @@ typedef enum kr_kas_stat {
   KR_KAS_STAT_ROUTE_RETRIES,         /* peer candidates that failed and were
                                         followed by the next one */
   KR_KAS_STAT_HOP_STREAMS,           /* streams other kas routed here */
-  KR_KAS_STAT_COUNT
+  KR_KAS_STAT_COUNT                  /* number of ids, not a statistic */
 } kr_kas_stat;
 
 /* A counter or gauge; 0 for unknown ids. */

@@ -16,6 +16,7 @@
 #include "http/http_map.h"
 #include "http/http_parse.h"
 #include "io/log.h"
+#include "kas/auth_request.h"
 #include "kas/cluster.h"
 #include "kas/gateway.h"
 #include "kas/http_auth.h"
@@ -79,7 +80,15 @@ struct gw_req {
   kr_time_us deadline; /* when routing gives up (kept for the retry) */
   int counted;        /* the response has a content-length we enforce */
   uint64_t body_left; /* its bytes still due */
+  /* Kept from the head until the credentials are known. */
+  kr__http_auth_kind kind;
+  int impersonate;   /* Impersonate-* fields were sent (refused) */
+  int md_rc;         /* building md failed (answered once authorized) */
+  kr_kas_auth *auth; /* the host's verifier decides (auth_request.h) */
+  int op;            /* what its verdict continues: GW_OP_* */
 };
+
+enum { GW_OP_ROUTE = 1, GW_OP_LIST = 2 };
 
 struct gw_conn {
   kr_kas *k;
@@ -125,6 +134,7 @@ static void finish_request(gw_conn *gc);
 static void req_free(gw_req *r) {
   if (!r)
     return;
+  kr__auth_cancel(r->auth);
   kr__listing_cancel(r->list_ticket);
   kr__mdlist_free(&r->md);
   kr__route_cancel(r->route);
@@ -202,8 +212,10 @@ static void conn_kill(gw_conn *gc) {
             "kas=%s peer=%s agent=%" PRId64 " replied=%d upgraded=%d", k->name,
             gc->peer, gc->req->agent, gc->req->replied,
             gc->upgraded);
-  if (gc->req)
+  if (gc->req) {
     release_stream(gc->req, KR_CODE_CANCEL, "client went away");
+    kr__auth_cancel(gc->req->auth); /* no verdict may come back now */
+  }
   if (gc->timer)
     event_del(gc->timer);
   if (gc->flush_ev)
@@ -581,23 +593,17 @@ static void listed(const char *json, size_t len, int err, void *ud) {
   leave(gc);
 }
 
-/* GET /api/v1/agents: every connected agent, cluster-wide when Redis is
- * up, else this instance's. Needs credentials not limited to some
- * agents. */
-static int list_agents(gw_conn *gc, const kr__http_head *h) {
+/* The listing once the credentials were checked: rc and reason as
+ * authenticate() gives them, idp the identity when rc is 0. Returns 0, or
+ * a negative error after answering. */
+static int list_authorized(gw_conn *gc, int rc, const kr__identity *idp,
+                           const char *reason) {
   kr_kas *k = gc->k;
   gw_req *r = gc->req;
-  if (strcmp(h->method, "GET") != 0 && strcmp(h->method, "HEAD") != 0) {
-    send_error(gc, 405, "method_not_allowed", "use GET");
-    return KR_EINVAL;
-  }
-  const char *authz = field(h, "authorization");
-  const kr__identity *idp;
-  int rc = authenticate(gc, authz, KR__AUTH_SERVICE_PROXY, &idp);
   if (rc == KR_EAUTH || rc == KR_EPERM) {
     k->stats[KR_KAS_STAT_AUTH_FAILURES]++;
     send_error(gc, 401, "unauthorized",
-               gc->auth_reason ? gc->auth_reason : "credentials refused");
+               reason ? reason : "credentials refused");
     return rc;
   }
   if (rc < 0 || !idp->any_agent) {
@@ -613,10 +619,197 @@ static int list_agents(gw_conn *gc, const kr__http_head *h) {
   return 0;
 }
 
-/* Builds the stream metadata for a request and starts routing it.
- * Returns 0, or a negative error after answering the client. */
-static int start_request(gw_conn *gc, const kr__http_head *h) {
+/* ------------------------------------------------- host verification */
+
+static int route_authorized(gw_conn *gc, int rc, const kr__identity *idp,
+                            const char *reason);
+
+/* The host's verdict on the request's credential (see verify_request). */
+static void verified(const kr__auth_verdict *v, void *ud) {
+  gw_req *r = ud;
+  gw_conn *gc = r->gc;
+  enter(gc);
+  int rc;
+  if (v->outcome == KR__AUTH_TIMEDOUT) {
+    send_error(gc, 504, "timeout", "credential verification timed out");
+    rc = KR_ETIMEDOUT;
+  } else {
+    const char *reason = v->reason;
+    int arc = v->outcome == KR__AUTH_ALLOWED
+                  ? kr__identity_check_kind(v->id, r->kind, &reason)
+                  : KR_EAUTH;
+    rc = r->op == GW_OP_LIST ? list_authorized(gc, arc, v->id, reason)
+                             : route_authorized(gc, arc, v->id, reason);
+  }
+  /* On success r may be gone (routed and answered at once); on failure
+   * it waits for the end of its body, unless that came already. */
+  if (rc < 0 && r->body_done)
+    finish_request(gc);
+  leave(gc);
+}
+
+/* A Bearer credential the built-in checks refused (rc KR_EAUTH) goes to
+ * the host's API verifier, if there is one. Verdicts are not cached: the
+ * next request with the same credential asks again. Returns 0 when that
+ * does not apply (the refusal stands), 1 when the verdict continues the
+ * request (it may have done so already), or a negative error after
+ * answering. */
+static int verify_request(gw_conn *gc, const char *authz, int rc, int op) {
   kr_kas *k = gc->k;
+  gw_req *r = gc->req;
+  const char *cred;
+  size_t n;
+  if (rc != KR_EAUTH || !kr__auth_enabled(k, KR_KAS_AUTH_API) || !authz ||
+      kr__http_auth_bearer(authz, strlen(authz), &cred, &n, NULL) != 0)
+    return 0;
+  r->op = op;
+  rc = kr__auth_start(k, KR_KAS_AUTH_API, gc->peer, (const uint8_t *)cred, n,
+                      k->opt.http_request_timeout, verified, r, &r->auth);
+  if (rc < 0) {
+    send_error(gc, 503, "unavailable",
+               rc == KR_EAGAIN ? "too many credential verifications pending"
+                               : "out of memory");
+    return rc;
+  }
+  return 1;
+}
+
+/* GET /api/v1/agents: every connected agent, cluster-wide when Redis is
+ * up, else this instance's. Needs credentials not limited to some
+ * agents. */
+static int list_agents(gw_conn *gc, const kr__http_head *h) {
+  gw_req *r = gc->req;
+  if (strcmp(h->method, "GET") != 0 && strcmp(h->method, "HEAD") != 0) {
+    send_error(gc, 405, "method_not_allowed", "use GET");
+    return KR_EINVAL;
+  }
+  r->kind = KR__AUTH_SERVICE_PROXY;
+  const char *authz = field(h, "authorization");
+  const kr__identity *idp;
+  int rc = authenticate(gc, authz, KR__AUTH_SERVICE_PROXY, &idp);
+  int v = verify_request(gc, authz, rc, GW_OP_LIST);
+  if (v != 0)
+    return v < 0 ? v : 0;
+  return list_authorized(gc, rc, idp, gc->auth_reason);
+}
+
+/* ------------------------------------------------- proxied requests */
+
+/* The stream's metadata for request h, but the caller's identity (added
+ * once known). 0, or KR_ETOOBIG / KR_ENOMEM (md is then emptied). */
+static int build_md(gw_conn *gc, const kr__http_head *h, const char *service,
+                    size_t service_len, const char *path_prefix,
+                    const char *path, kr__mdlist *md) {
+  int rc = kr__mdlist_add(md, KR_MD_SERVICE, strlen(KR_MD_SERVICE), service,
+                          service_len);
+  if (rc == 0)
+    rc = kr__mdlist_adds(md, KR_MD_METHOD, h->method);
+  if (rc == 0) {
+    size_t pl = strlen(path_prefix) + strlen(path);
+    char *full = malloc(pl + 1);
+    rc = KR_ENOMEM;
+    if (full) {
+      snprintf(full, pl + 1, "%s%s", path_prefix, path);
+      /* A fragment never belongs in a request; drop one if sent. */
+      pl = strcspn(full, "#");
+      rc = kr__mdlist_add(md, KR_MD_PATH, strlen(KR_MD_PATH), full, pl);
+      free(full);
+    }
+  }
+  if (rc == 0)
+    rc = kr__http_copy_fields(md, h, skip_field, NULL);
+  if (rc == 0) {
+    const char *xff = field(h, "x-forwarded-for");
+    char buf[1024];
+    if (xff && strlen(xff) < sizeof(buf) - 80)
+      snprintf(buf, sizeof(buf), "%s, %s", xff, gc->addr);
+    else
+      snprintf(buf, sizeof(buf), "%s", gc->addr);
+    rc = kr__mdlist_adds(md, "x-forwarded-for", buf);
+  }
+  if (rc == 0)
+    rc =
+        kr__mdlist_adds(md, "x-forwarded-proto", gc->secure ? "https" : "http");
+  const char *host = field(h, "host");
+  if (rc == 0 && host)
+    rc = kr__mdlist_adds(md, "x-forwarded-host", host);
+  if (rc < 0)
+    kr__mdlist_free(md);
+  return rc;
+}
+
+/* Routes the request once its credentials were checked (rc and reason as
+ * authenticate() gives them, idp the identity when rc is 0): the
+ * identity's checks, then the metadata prepared from the head, then the
+ * route. Returns 0 (r may be gone then: routed and answered at once), or
+ * a negative error after answering. */
+static int route_authorized(gw_conn *gc, int rc, const kr__identity *idp,
+                            const char *reason) {
+  kr_kas *k = gc->k;
+  gw_req *r = gc->req;
+  if (rc == KR_EPERM || rc == KR_EAUTH) {
+    k->stats[KR_KAS_STAT_AUTH_FAILURES]++;
+    send_error(gc, rc == KR_EPERM ? 403 : 401,
+               rc == KR_EPERM ? "forbidden" : "unauthorized",
+               reason ? reason : "credentials refused");
+    return rc;
+  }
+  if (rc < 0) { /* out of memory, or a server-side misconfiguration */
+    send_error(gc, 500, "internal", "cannot check credentials");
+    return rc;
+  }
+  if (r->kind == KR__AUTH_K8S_PROXY)
+    r->agent = idp->agent_id;
+  if (!kr__identity_allows(idp, r->agent)) {
+    send_error(gc, 403, "forbidden", "agent not allowed for these credentials");
+    return KR_EPERM;
+  }
+  if (r->impersonate) {
+    send_error(gc, 403, "forbidden",
+               "Impersonate-* headers are not accepted: the caller's "
+               "identity comes from its credentials");
+    return KR_EPERM;
+  }
+  rc = r->md_rc;
+  if (rc == 0 && r->kind == KR__AUTH_K8S_PROXY) {
+    rc = kr__mdlist_adds(&r->md, KR__MD_USER, idp->user);
+    for (size_t i = 0; rc == 0 && i < idp->n_groups; i++)
+      rc = kr__mdlist_adds(&r->md, KR__MD_GROUP, idp->groups[i]);
+  }
+  if (rc < 0) {
+    kr__mdlist_free(&r->md);
+    if (rc == KR_ETOOBIG)
+      send_error(gc, 431, "header_too_large", "request header too large");
+    else
+      send_error(gc, 500, "internal", "out of memory");
+    return rc;
+  }
+  k->stats[KR_KAS_STAT_HTTP_REQUESTS]++;
+  r->deadline = kr__now_us() + k->opt.route_timeout;
+  /* A body-less request keeps its metadata in r for one retry through
+   * another instance. The route copies it, and may answer (and free r)
+   * before it returns 0: r is not touched after success. */
+  int keep = r->open_fin;
+  kr__mdlist md = r->md;
+  if (!keep)
+    kr__mdlist_init(&r->md); /* md owns the entries now */
+  rc =
+      kr__route_start_until(k, r->agent, md.md, md.n, r->open_fin, 0,
+                            r->deadline, &tunnel_handler, r, routed, &r->route);
+  if (!keep)
+    kr__mdlist_free(&md);
+  if (rc < 0) { /* nothing was called back: r is there */
+    kr__mdlist_free(&r->md);
+    send_error(gc, 500, "internal", "out of memory");
+    return rc;
+  }
+  return 0;
+}
+
+/* Checks the request line and the credentials, prepares the stream's
+ * metadata and routes the request, now or once the host's verifier
+ * decides. Returns 0, or a negative error after answering the client. */
+static int start_request(gw_conn *gc, const kr__http_head *h) {
   gw_req *r = gc->req;
   const char *target = h->target;
   /* absolute-form (RFC 9112 3.2.2): the path starts after the authority. */
@@ -681,107 +874,31 @@ static int start_request(gw_conn *gc, const kr__http_head *h) {
   char qpath[2] = "/";
   const char *path_prefix = path[0] == '?' ? qpath : "";
 
-  /* Who is calling. */
-  const char *authz = field(h, "authorization");
-  const kr__identity *idp;
-  int rc = authenticate(gc, authz, kind, &idp);
-  if (rc == KR_EPERM || rc == KR_EAUTH) {
-    k->stats[KR_KAS_STAT_AUTH_FAILURES]++;
-    send_error(gc, rc == KR_EPERM ? 403 : 401,
-               rc == KR_EPERM ? "forbidden" : "unauthorized",
-               gc->auth_reason ? gc->auth_reason : "credentials refused");
-    return rc;
-  }
-  if (rc < 0) { /* out of memory, or a server-side misconfiguration */
-    send_error(gc, 500, "internal", "cannot check credentials");
-    return rc;
-  }
-  if (kind == KR__AUTH_K8S_PROXY)
-    agent = idp->agent_id;
-  if (!kr__identity_allows(idp, agent)) {
-    send_error(gc, 403, "forbidden", "agent not allowed for these credentials");
-    return KR_EPERM;
-  }
-  for (size_t i = 0; i < h->n_fields; i++) {
-    const kr_md *f = &h->fields[i];
-    if (f->name_len >= 12 && memcmp(f->name, "impersonate-", 12) == 0) {
-      send_error(gc, 403, "forbidden",
-                 "Impersonate-* headers are not accepted: the caller's "
-                 "identity comes from its credentials");
-      return KR_EPERM;
-    }
-  }
-
-  /* The stream's metadata. */
-  kr__mdlist md;
-  kr__mdlist_init(&md);
-  rc = kr__mdlist_add(&md, KR_MD_SERVICE, strlen(KR_MD_SERVICE), service,
-                      service_len);
-  if (rc == 0)
-    rc = kr__mdlist_adds(&md, KR_MD_METHOD, h->method);
-  if (rc == 0) {
-    size_t pl = strlen(path_prefix) + strlen(path);
-    char *full = malloc(pl + 1);
-    rc = KR_ENOMEM;
-    if (full) {
-      snprintf(full, pl + 1, "%s%s", path_prefix, path);
-      /* A fragment never belongs in a request; drop one if sent. */
-      pl = strcspn(full, "#");
-      rc = kr__mdlist_add(&md, KR_MD_PATH, strlen(KR_MD_PATH), full, pl);
-      free(full);
-    }
-  }
-  if (rc == 0)
-    rc = kr__http_copy_fields(&md, h, skip_field, NULL);
-  if (rc == 0) {
-    const char *xff = field(h, "x-forwarded-for");
-    char buf[1024];
-    if (xff && strlen(xff) < sizeof(buf) - 80)
-      snprintf(buf, sizeof(buf), "%s, %s", xff, gc->addr);
-    else
-      snprintf(buf, sizeof(buf), "%s", gc->addr);
-    rc = kr__mdlist_adds(&md, "x-forwarded-for", buf);
-  }
-  if (rc == 0)
-    rc = kr__mdlist_adds(&md, "x-forwarded-proto",
-                         gc->secure ? "https" : "http");
-  const char *host = field(h, "host");
-  if (rc == 0 && host)
-    rc = kr__mdlist_adds(&md, "x-forwarded-host", host);
-  if (rc == 0 && kind == KR__AUTH_K8S_PROXY) {
-    rc = kr__mdlist_adds(&md, KR__MD_USER, idp->user);
-    for (size_t i = 0; rc == 0 && i < idp->n_groups; i++)
-      rc = kr__mdlist_adds(&md, KR__MD_GROUP, idp->groups[i]);
-  }
-  if (rc < 0) {
-    kr__mdlist_free(&md);
-    if (rc == KR_ETOOBIG)
-      send_error(gc, 431, "header_too_large", "request header too large");
-    else
-      send_error(gc, 500, "internal", "out of memory");
-    return rc;
-  }
-
+  /* What the head says, kept for when the credentials are known (the head
+   * is gone if the host's verifier answers later). Errors in it are
+   * reported after the credentials' ones. */
+  r->kind = kind;
   r->agent = agent;
   r->open_fin = !h->has_body && !h->upgrade;
   r->fin_sent = r->open_fin;
   r->expect_continue = h->expect_continue;
   r->is_head = h->is_head;
   r->http10 = h->http_major == 1 && h->http_minor == 0;
-  k->stats[KR_KAS_STAT_HTTP_REQUESTS]++;
-  r->deadline = kr__now_us() + k->opt.route_timeout;
-  rc = kr__route_start_until(k, agent, md.md, md.n, r->open_fin, 0,
-                             r->deadline, &tunnel_handler, r, routed,
-                             &r->route);
-  if (r->open_fin && rc == 0)
-    r->md = md; /* kept for one retry through another instance */
-  else
-    kr__mdlist_free(&md);
-  if (rc < 0) {
-    send_error(gc, 500, "internal", "out of memory");
-    return rc;
+  for (size_t i = 0; i < h->n_fields; i++) {
+    const kr_md *f = &h->fields[i];
+    if (f->name_len >= 12 && memcmp(f->name, "impersonate-", 12) == 0)
+      r->impersonate = 1;
   }
-  return 0;
+  r->md_rc = build_md(gc, h, service, service_len, path_prefix, path, &r->md);
+
+  /* Who is calling. */
+  const char *authz = field(h, "authorization");
+  const kr__identity *idp;
+  int rc = authenticate(gc, authz, kind, &idp);
+  int v = verify_request(gc, authz, rc, GW_OP_ROUTE);
+  if (v != 0)
+    return v < 0 ? v : 0;
+  return route_authorized(gc, rc, idp, gc->auth_reason);
 }
 
 /* ------------------------------------------------- parser callbacks */
@@ -802,10 +919,11 @@ static int p_head(const kr__http_head *h, void *ud) {
   gc->req = r;
   set_timer(gc, GW_T_NONE, 0);
   int has_body = h->has_body;
-  /* r may be gone when this returns (answered and finished at once). */
-  if (start_request(gc, h) < 0)
-    return has_body || gc->closing ? KR_ECLOSED : 0;
-  return 0;
+  /* r may be gone when this returns (answered and finished at once). A
+   * request answered already (an error, also from a host verdict given
+   * at once) whose body cannot be skipped ends the parsing. */
+  int rc = start_request(gc, h);
+  return gc->closing || (rc < 0 && has_body) ? KR_ECLOSED : 0;
 }
 
 static int p_body(const uint8_t *p, size_t n, void *ud) {
@@ -1266,8 +1384,18 @@ void kr__gateway_drain(kr_kas *k) {
   gw_conn *gc = k->gw_conns;
   while (gc) {
     gw_conn *next = gc->next;
-    if (!gc->req)
+    if (!gc->req) {
       conn_kill(gc); /* idle, or mid-head: nothing was promised */
+    } else if (gc->req->auth) {
+      /* Still verifying: its verdict would come too late to route. */
+      gw_req *r = gc->req;
+      enter(gc);
+      kr__auth_cancel(r->auth);
+      send_error(gc, 503, "unavailable", "kas is shutting down");
+      if (r->body_done)
+        finish_request(gc);
+      leave(gc);
+    }
     gc = next;
   }
 }

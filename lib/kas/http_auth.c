@@ -18,11 +18,8 @@ static int is_space(char c) {
   return c == ' ' || c == '\t';
 }
 
-/* A user or group name that may become an Impersonate-* header value:
- * 1..KR__IDENTITY_MAX_NAME bytes of printable ASCII (space included), not
- * starting or ending with a space (a header parser would strip it, and
- * " admin" must not turn into "admin"). */
-static int name_ok(const char *s, size_t n) {
+/* A user or group name that may become an Impersonate-* header value. */
+int kr__identity_name_ok(const char *s, size_t n) {
   if (n == 0 || n > KR__IDENTITY_MAX_NAME || s[0] == ' ' || s[n - 1] == ' ')
     return 0;
   for (size_t i = 0; i < n; i++) {
@@ -38,9 +35,9 @@ static int copy_name(char *dst, const json_t *v) {
     return 0;
   const char *s = json_string_value(v);
   size_t n = json_string_length(v);
-  /* json_string_length counts an embedded NUL ("\u0000"), which name_ok
-   * then refuses as a control character. */
-  if (!name_ok(s, n))
+  /* json_string_length counts an embedded NUL ("\u0000"), which the
+   * name check then refuses as a control character. */
+  if (!kr__identity_name_ok(s, n))
     return 0;
   memcpy(dst, s, n);
   dst[n] = '\0';
@@ -110,6 +107,25 @@ static int identity_from_claims(const json_t *claims, kr__http_auth_kind kind,
       *reason = "agent not allowed for this token";
       return KR_EPERM;
     }
+  }
+  return 0;
+}
+
+int kr__identity_check_kind(const kr__identity *id, kr__http_auth_kind kind,
+                            const char **reason) {
+  static const char *dummy;
+  if (reason == NULL)
+    reason = &dummy;
+  *reason = NULL;
+  if (kind != KR__AUTH_K8S_PROXY)
+    return 0;
+  if (id->agent_id <= 0 || id->user[0] == '\0') {
+    *reason = "credentials lack an agent id or a user";
+    return KR_EAUTH;
+  }
+  if (!kr__identity_allows(id, id->agent_id)) {
+    *reason = "agent not allowed for these credentials";
+    return KR_EPERM;
   }
   return 0;
 }
@@ -206,7 +222,8 @@ static int check_pat(const kr__http_auth_cfg *cfg, const char *cred, size_t n,
     *reason = "agent not allowed for this token";
     return KR_EPERM;
   }
-  /* The table's names satisfy name_ok (a stricter charset, same limit). */
+  /* The table's names satisfy kr__identity_name_ok (a stricter charset,
+   * same limit). */
   id->any_agent = 0;
   id->agents[0] = agent;
   id->n_agents = 1;
@@ -219,20 +236,11 @@ static int check_pat(const kr__http_auth_cfg *cfg, const char *cred, size_t n,
   return 0;
 }
 
-int kr__http_auth_check(const kr__http_auth_cfg *cfg, const char *authz,
-                        size_t len, kr__http_auth_kind kind, int64_t now_s,
-                        kr__identity *id, const char **reason) {
+int kr__http_auth_bearer(const char *authz, size_t len, const char **cred,
+                         size_t *n, const char **reason) {
   static const char *dummy;
   if (reason == NULL)
     reason = &dummy;
-  *reason = NULL;
-  if (id != NULL)
-    memset(id, 0, sizeof *id);
-  if (cfg == NULL || id == NULL ||
-      (kind != KR__AUTH_SERVICE_PROXY && kind != KR__AUTH_K8S_PROXY)) {
-    *reason = "invalid argument";
-    return KR_EINVAL;
-  }
   if (authz == NULL || len == 0) {
     *reason = "no credentials";
     return KR_EAUTH;
@@ -252,17 +260,40 @@ int kr__http_auth_check(const kr__http_auth_cfg *cfg, const char *authz,
     *reason = "not a Bearer credential";
     return KR_EAUTH;
   }
-  const char *cred = authz + sl;
-  size_t n = len - sl;
-  while (n > 0 && cred[0] == ' ') {
-    cred++;
-    n--;
+  const char *c = authz + sl;
+  size_t m = len - sl;
+  while (m > 0 && c[0] == ' ') {
+    c++;
+    m--;
   }
-  if (n == 0) {
+  if (m == 0) {
     *reason = "empty Bearer credential";
     return KR_EAUTH;
   }
-  int rc;
+  *cred = c;
+  *n = m;
+  return 0;
+}
+
+int kr__http_auth_check(const kr__http_auth_cfg *cfg, const char *authz,
+                        size_t len, kr__http_auth_kind kind, int64_t now_s,
+                        kr__identity *id, const char **reason) {
+  static const char *dummy;
+  if (reason == NULL)
+    reason = &dummy;
+  *reason = NULL;
+  if (id != NULL)
+    memset(id, 0, sizeof *id);
+  if (cfg == NULL || id == NULL ||
+      (kind != KR__AUTH_SERVICE_PROXY && kind != KR__AUTH_K8S_PROXY)) {
+    *reason = "invalid argument";
+    return KR_EINVAL;
+  }
+  const char *cred;
+  size_t n;
+  int rc = kr__http_auth_bearer(authz, len, &cred, &n, reason);
+  if (rc != 0)
+    return rc;
   if (n >= strlen(PAT_PREFIX) &&
       memcmp(cred, PAT_PREFIX, strlen(PAT_PREFIX)) == 0)
     rc = check_pat(cfg, cred, n, id, reason);

@@ -95,4 +95,26 @@ int kr__http_auth_check(const kr__http_auth_cfg *cfg, const char *authz,
 /* 1 if id may reach agent (agent > 0), else 0; NULL id gives 0. */
 int kr__identity_allows(const kr__identity *id, int64_t agent);
 
+/* 1 if s[0..n) may be a user or group name of an identity: 1..255 bytes
+ * of printable ASCII (0x20..0x7e), not starting or ending with a space
+ * (header parsers would strip it, and " admin" must not turn into
+ * "admin"); else 0. The one rule for JWT claims and host verdicts. */
+int kr__identity_name_ok(const char *s, size_t n);
+
+/* What kind needs beyond valid credentials, for an identity that did not
+ * come from a JWT (a host verifier's verdict): 0, or KR_EAUTH for a
+ * Kubernetes proxy identity without agent_id or user, KR_EPERM when its
+ * agents exclude its own agent_id; *reason (may be NULL) static text. The
+ * same rule kr__http_auth_check() applies to JWT claims. */
+int kr__identity_check_kind(const kr__identity *id, kr__http_auth_kind kind,
+                            const char **reason);
+
+/* Finds the credential of a Bearer Authorization value authz[0..len)
+ * (the same parsing as kr__http_auth_check(): blanks around the value and
+ * after the scheme ignored, scheme in any case). Returns 0 with
+ * *cred and *n pointing into authz, or KR_EAUTH (none, another scheme, an
+ * empty credential) with *reason (may be NULL) a static text. */
+int kr__http_auth_bearer(const char *authz, size_t len, const char **cred,
+                         size_t *n, const char **reason);
+
 #endif

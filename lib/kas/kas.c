@@ -1,6 +1,7 @@
 /* The kas server role: listeners, authentication, registry, routing and
  * the splice between client streams and tunnel streams (kasroute/kas.h).
  */
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <stdio.h>
@@ -8,26 +9,31 @@
 #include <string.h>
 #include <time.h>
 
+#include <mbedtls/platform_util.h>
+
 #include <kasroute/error.h>
 #include <kasroute/kas.h>
 
 #include "core/jwt.h"
 #include "core/mem_internal.h"
+#include "core/mux_internal.h"
 #include "core/registry.h"
 #include "core/token_file.h"
+#include "http/http_map.h"
 #include "io/conn.h"
 #include "io/listener.h"
 #include "io/log.h"
 #include "io/transport_ws.h"
 #include "io/url.h"
+#include "kas/auth_request.h"
 #include "kas/cluster.h"
 #include "kas/gateway.h"
 #include "kas/http_auth.h"
+#include "kas/kas_internal.h"
 #include "kas/listing.h"
 #include "kas/peer.h"
 #include "kas/relay.h"
 #include "kas/route.h"
-#include "kas/kas_internal.h"
 
 /* ---------------------------------------------------------------- options */
 
@@ -50,7 +56,12 @@ int kr_kas_options_new(kr_kas_options **out) {
   return 0;
 }
 
-void kr_kas_options_free(kr_kas_options *o) { free(o); }
+void kr_kas_options_free(kr_kas_options *o) {
+  if (o) {
+    mbedtls_platform_zeroize(o, sizeof(*o)); /* secrets, Redis password */
+    free(o);
+  }
+}
 
 static int copy_path(char *dst, size_t size, const char *src) {
   if (!src || strlen(src) >= size)
@@ -232,11 +243,179 @@ static void kconn_unlink(kr_kas *k, kas_conn *kc) {
   kc->prev = kc->next = NULL;
 }
 
+static const kr_md *md_find(const kr_md *md, size_t n, const char *name) {
+  size_t len = strlen(name);
+  for (size_t i = 0; i < n; i++)
+    if (md[i].name_len == len && memcmp(md[i].name, name, len) == 0)
+      return &md[i];
+  return NULL;
+}
+
+/* ----------------------------------------------------------- held streams */
+
+/* Streams an API client opens while the host verifies its credentials:
+ * unanswered, their bytes kept unconsumed (the stream and connection
+ * windows bound them), started once the client is allowed, reset when it
+ * is not. At most KC_MAX_HELD per connection (the mux's default stream
+ * limit); more are refused. */
+#define KC_MAX_HELD 1024
+
+struct kc_held {
+  kas_conn *kc;
+  kr_stream *s;
+  kr__mdlist md;         /* the OPEN's metadata */
+  int fin;               /* the OPEN carried FIN */
+  int fin_recv;          /* FIN came later */
+  struct evbuffer *data; /* bytes received, not consumed */
+  kc_held *prev, *next;
+};
+
+/* Unlinks and frees h without touching its stream. */
+static void held_free(kc_held *h) {
+  kas_conn *kc = h->kc;
+  if (h->prev)
+    h->prev->next = h->next;
+  else
+    kc->held = h->next;
+  if (h->next)
+    h->next->prev = h->prev;
+  else
+    kc->held_last = h->prev;
+  kc->n_held--;
+  kr__mdlist_free(&h->md);
+  if (h->data)
+    evbuffer_free(h->data);
+  free(h);
+}
+
+/* Detaches h from its stream; the caller answers the stream. */
+static kr_stream *held_detach(kc_held *h) {
+  kr_stream *s = h->s;
+  kr__stream_set_handler(s, NULL);
+  kr_stream_set_user_data(s, NULL);
+  return s;
+}
+
+static void h_data(kr_stream *s, const uint8_t *p, size_t n, void *ud) {
+  kc_held *h = ud;
+  if (evbuffer_add(h->data, p, n) < 0) {
+    held_detach(h);
+    held_free(h);
+    kr_stream_reset(s, KR_CODE_INTERNAL, "out of memory");
+  }
+}
+
+static void h_fin(kr_stream *s, void *ud) {
+  kc_held *h = ud;
+  h->fin_recv = 1;
+}
+
+static void h_close(kr_stream *s, uint32_t code, const uint8_t *reason,
+                    size_t len, void *ud) {
+  held_free(ud); /* the client gave up on it */
+}
+
+static const kr__stream_handler held_handler = {NULL, h_data, h_fin, NULL,
+                                                h_close};
+
+static void hold_stream(kas_conn *kc, kr_stream *s, const kr_md *md, size_t n,
+                        int fin) {
+  if (kc->n_held >= KC_MAX_HELD) {
+    kr_stream_reset(s, KR_CODE_REFUSED,
+                    "too many streams before authentication");
+    return;
+  }
+  kc_held *h = calloc(1, sizeof(*h));
+  int rc = h && (h->data = evbuffer_new()) ? 0 : KR_ENOMEM;
+  if (h)
+    kr__mdlist_init(&h->md);
+  for (size_t i = 0; rc == 0 && i < n; i++)
+    rc = kr__mdlist_add(&h->md, md[i].name, md[i].name_len, md[i].value,
+                        md[i].value_len);
+  if (rc < 0) {
+    if (h) {
+      kr__mdlist_free(&h->md);
+      if (h->data)
+        evbuffer_free(h->data);
+      free(h);
+    }
+    kr_stream_reset(s, KR_CODE_INTERNAL, "out of memory");
+    return;
+  }
+  h->kc = kc;
+  h->s = s;
+  h->fin = fin;
+  h->prev = kc->held_last; /* oldest first */
+  if (kc->held_last)
+    kc->held_last->next = h;
+  else
+    kc->held = h;
+  kc->held_last = h;
+  kc->n_held++;
+  kr_stream_set_user_data(s, h);
+  kr__stream_set_handler(s, &held_handler);
+}
+
+/* Resets every held stream of kc with code. */
+static void held_reset_all(kas_conn *kc, uint32_t code, const char *why) {
+  while (kc->held) {
+    kr_stream *s = held_detach(kc->held);
+    held_free(kc->held);
+    kr_stream_reset(s, code, why);
+  }
+}
+
+/* Frees the held list without touching streams (the mux is going). */
+static void held_drop_all(kas_conn *kc) {
+  while (kc->held)
+    held_free(kc->held);
+}
+
+/* An authenticated client's stream: a listing, or a relay to an agent.
+ * early/early_fin: what a held stream received meanwhile (NULL/0 when the
+ * stream is new). */
+static void serve_stream(kas_conn *kc, kr_stream *s, const kr_md *md, size_t n,
+                         int fin, struct evbuffer *early, int early_fin) {
+  const kr_md *list = md_find(md, n, KR_MD_LIST);
+  if (list && kc->kind == KR__LISTEN_API) {
+    if (early && evbuffer_get_length(early) > 0) /* a listing reads nothing */
+      kr_stream_consume(s, evbuffer_get_length(early));
+    if (list->value_len == 6 && memcmp(list->value, "agents", 6) == 0)
+      kr__listing_serve_stream(kc->k, s);
+    else
+      kr_stream_reset(s, KR_CODE_NOT_FOUND, "unknown listing");
+    return;
+  }
+  kr__relay_start(kc->k, kc, s, md, n, fin, early, early_fin);
+}
+
+/* The client was allowed: its held streams start, oldest first. */
+static void held_start_all(kas_conn *kc) {
+  while (kc->held) {
+    kc_held *h = kc->held;
+    kr_stream *s = held_detach(h);
+    /* Unlinked first: serving may reset the stream at once. */
+    kr__mdlist md = h->md;
+    struct evbuffer *data = h->data;
+    int fin = h->fin, fin_recv = h->fin_recv;
+    kr__mdlist_init(&h->md);
+    h->data = NULL;
+    held_free(h);
+    serve_stream(kc, s, md.md, md.n, fin, data, fin_recv);
+    kr__mdlist_free(&md);
+    evbuffer_free(data);
+  }
+}
+
+/* ------------------------------------------------------------ connections */
+
 static void kc_closed(kr__conn *c, int err, const char *why, void *ud) {
   kas_conn *kc = ud;
   kr_kas *k = kc->k;
   char q[200];
   kr__log_quote(q, sizeof(q), why, strlen(why));
+  kr__auth_cancel(kc->auth); /* the host may stop verifying */
+  held_drop_all(kc);         /* empty: every stream got on_close before */
   if (kc->kind == KR__LISTEN_AGENT && kc->authed) {
     kr__registry_remove(k->reg, kc->tunnel);
     kc->tunnel = NULL;
@@ -259,14 +438,6 @@ static void kc_closed(kr__conn *c, int err, const char *why, void *ud) {
   kr__kas_maybe_drained(k);
 }
 
-static const kr_md *md_find(const kr_md *md, size_t n, const char *name) {
-  size_t len = strlen(name);
-  for (size_t i = 0; i < n; i++)
-    if (md[i].name_len == len && memcmp(md[i].name, name, len) == 0)
-      return &md[i];
-  return NULL;
-}
-
 /* Refuses a peer's credentials: GOAWAY UNAUTHORIZED, counted, logged
  * without the credential, and the address is slowed down. */
 static void refuse(kas_conn *kc, const char *what, const char *reason) {
@@ -282,37 +453,35 @@ static void refuse(kas_conn *kc, const char *what, const char *reason) {
   kr__conn_goaway(kc->conn, KR_CODE_UNAUTHORIZED, msg);
 }
 
-static void agent_ready(kas_conn *kc, const kr_md *md, size_t n) {
+/* The host's verifier gave no verdict in time (not a refusal: nothing is
+ * counted against the address). */
+static void verify_timed_out(kas_conn *kc) {
+  static const char why[] = "credential verification timed out";
+  held_reset_all(kc, KR_CODE_TIMEOUT, why);
+  kr__conn_goaway(kc->conn, KR_CODE_TIMEOUT, why);
+}
+
+/* Hands token[0..len) to the host's verifier of kind; done gets the
+ * verdict (now or later) unless the connection goes first. */
+static void verify(kas_conn *kc, kr_kas_auth_kind kind, const char *token,
+                   size_t len, kr__auth_done_cb done) {
   kr_kas *k = kc->k;
-  const kr_md *tok = md_find(md, n, KR_MD_TOKEN);
-  const kr_md *name = md_find(md, n, KR_MD_NAME);
-  int64_t agent_id = 0;
-  const char *label = NULL;
-  /* The token comes in HELLO, or as "Authorization: Bearer" on the
-   * WebSocket upgrade. */
-  const char *token = tok ? (const char *)tok->value : NULL;
-  size_t token_len = tok ? tok->value_len : 0;
-  kr__transport *t = kr__conn_transport(kc->conn);
-  if (!token && t && kr__transport_is_ws(t))
-    token = kr__ws_bearer(t, &token_len);
-  if (!token || kr__token_table_lookup(k->tokens, token, token_len, &agent_id,
-                                       &label) < 0) {
-    refuse(kc, "agent token", token ? "unknown token" : "no token presented");
+  int rc = kr__auth_start(k, kind, kc->peer, (const uint8_t *)token, len,
+                          k->opt.handshake_timeout, done, kc, &kc->auth);
+  if (rc == 0)
     return;
-  }
-  size_t nl = name ? name->value_len : 0;
-  if (nl > sizeof(kc->replica) - 1)
-    nl = sizeof(kc->replica) - 1;
-  if (nl) {
-    memcpy(kc->replica, name->value, nl);
-    kc->replica[nl] = 0;
-  } else {
-    snprintf(kc->replica, sizeof(kc->replica), "%s", kc->peer);
-  }
-  /* Replica names go into logs and listings: keep them printable. */
-  for (char *p = kc->replica; *p; p++)
-    if (*p < 0x21 || *p > 0x7e)
-      *p = '_';
+  /* Overloaded: UNAUTHORIZED makes an agent retry with backoff; not a
+   * refusal of the credential, so neither counted nor throttled. */
+  kr__conn_goaway(kc->conn,
+                  rc == KR_EAGAIN ? KR_CODE_UNAUTHORIZED : KR_CODE_INTERNAL,
+                  rc == KR_EAGAIN ? "too many credential verifications "
+                                    "pending; retry later"
+                                  : "out of memory");
+}
+
+/* An agent proved agent_id: its tunnel joins the registry. */
+static void agent_accept(kas_conn *kc, int64_t agent_id, const char *label) {
+  kr_kas *k = kc->k;
   if (kr__registry_add(k->reg, agent_id, kc->replica, kc, kr__now_us(),
                        &kc->tunnel) < 0) {
     kr__conn_goaway(kc->conn, KR_CODE_INTERNAL, "registry full");
@@ -327,34 +496,132 @@ static void agent_ready(kas_conn *kc, const kr_md *md, size_t n) {
   kr__log(KR_LOG_INFO, "agent_connected",
           "kas=%s agent=%lld replica=%s peer=%s label=%s", k->name,
           (long long)agent_id, kc->replica, kc->peer,
-          kr__log_quote(q, sizeof(q), label ? label : "", label ? strlen(label) : 0));
+          kr__log_quote(q, sizeof(q), label, strlen(label)));
+}
+
+static void agent_verified(const kr__auth_verdict *v, void *ud) {
+  kas_conn *kc = ud;
+  if (v->outcome == KR__AUTH_ALLOWED)
+    agent_accept(kc, v->agent_id, "");
+  else if (v->outcome == KR__AUTH_DENIED)
+    refuse(kc, "agent token", v->reason);
+  else
+    verify_timed_out(kc);
+}
+
+static void agent_ready(kas_conn *kc, const kr_md *md, size_t n) {
+  kr_kas *k = kc->k;
+  const kr_md *tok = md_find(md, n, KR_MD_TOKEN);
+  const kr_md *name = md_find(md, n, KR_MD_NAME);
+  /* The replica name first: HELLO's metadata is gone once a verification
+   * has to wait. */
+  size_t nl = name ? name->value_len : 0;
+  if (nl > sizeof(kc->replica) - 1)
+    nl = sizeof(kc->replica) - 1;
+  if (nl) {
+    memcpy(kc->replica, name->value, nl);
+    kc->replica[nl] = 0;
+  } else {
+    snprintf(kc->replica, sizeof(kc->replica), "%s", kc->peer);
+  }
+  /* Replica names go into logs and listings: keep them printable. */
+  for (char *p = kc->replica; *p; p++)
+    if (*p < 0x21 || *p > 0x7e)
+      *p = '_';
+  /* The token comes in HELLO, or as "Authorization: Bearer" on the
+   * WebSocket upgrade. */
+  const char *token = tok ? (const char *)tok->value : NULL;
+  size_t token_len = tok ? tok->value_len : 0;
+  kr__transport *t = kr__conn_transport(kc->conn);
+  if (!token && t && kr__transport_is_ws(t))
+    token = kr__ws_bearer(t, &token_len);
+  if (!token || token_len == 0) {
+    refuse(kc, "agent token", "no token presented");
+    return;
+  }
+  int64_t agent_id = 0;
+  const char *label = NULL;
+  if (k->tokens && kr__token_table_lookup(k->tokens, token, token_len,
+                                          &agent_id, &label) == 0) {
+    agent_accept(kc, agent_id, label ? label : "");
+    return;
+  }
+  if (kr__auth_enabled(k, KR_KAS_AUTH_AGENT)) {
+    verify(kc, KR_KAS_AUTH_AGENT, token, token_len, agent_verified);
+    return;
+  }
+  refuse(kc, "agent token", "unknown token");
+}
+
+/* An API client proved who it is (id: owned from now on): its streams,
+ * held ones first, are served. */
+static void api_accept(kas_conn *kc, kr__identity *id) {
+  kc->id = id;
+  kc->authed = 1;
+  kc->k->stats[KR_KAS_STAT_API_CONNECTIONS]++;
+  held_start_all(kc);
+}
+
+static void api_verified(const kr__auth_verdict *v, void *ud) {
+  kas_conn *kc = ud;
+  if (v->outcome == KR__AUTH_ALLOWED) {
+    kr__identity *id = malloc(sizeof(*id));
+    if (!id) {
+      held_reset_all(kc, KR_CODE_INTERNAL, "out of memory");
+      kr__conn_goaway(kc->conn, KR_CODE_INTERNAL, "out of memory");
+      return;
+    }
+    *id = *v->id;
+    api_accept(kc, id);
+  } else if (v->outcome == KR__AUTH_DENIED) {
+    held_reset_all(kc, KR_CODE_UNAUTHORIZED, "API token refused");
+    refuse(kc, "API token", v->reason);
+  } else {
+    verify_timed_out(kc);
+  }
 }
 
 /* API clients present the same JWTs as HTTP callers: the gateway's check
  * (lib/kas/http_auth.h) gives the agents they may reach ("agents" claim)
- * and the Kubernetes identity ("user", "groups") their streams carry. */
+ * and the Kubernetes identity ("user", "groups") their streams carry. A
+ * token that check refuses goes to the host's API verifier, if any. */
 static void api_ready(kas_conn *kc, const kr_md *md, size_t n) {
   kr_kas *k = kc->k;
   const kr_md *tok = md_find(md, n, KR_MD_TOKEN);
   const char *reason = "no token presented";
-  if (tok && tok->value_len <= KR__JWT_MAX_TOKEN) {
+  if (!tok || tok->value_len == 0) {
+    refuse(kc, "API token", reason);
+    return;
+  }
+  if (!k->api_secret_len) {
+    reason = "JWTs are not accepted";
+  } else if (tok->value_len > KR__JWT_MAX_TOKEN) {
+    reason = "token too long";
+  } else {
     char authz[KR__JWT_MAX_TOKEN + 8];
     memcpy(authz, "Bearer ", 7);
     memcpy(authz + 7, tok->value, tok->value_len);
     kr__http_auth_cfg cfg = {k->api_secret, k->api_secret_len, NULL};
-    kc->id = calloc(1, sizeof(*kc->id));
-    int rc = kc->id ? kr__http_auth_check(&cfg, authz, tok->value_len + 7,
-                                          KR__AUTH_SERVICE_PROXY,
-                                          (int64_t)time(NULL), kc->id, &reason)
-                    : KR_ENOMEM;
+    kr__identity *id = calloc(1, sizeof(*id));
+    int rc = id ? kr__http_auth_check(&cfg, authz, tok->value_len + 7,
+                                      KR__AUTH_SERVICE_PROXY,
+                                      (int64_t)time(NULL), id, &reason)
+                : KR_ENOMEM;
     memset(authz, 0, tok->value_len + 7);
     if (rc == 0) {
-      kc->authed = 1;
-      k->stats[KR_KAS_STAT_API_CONNECTIONS]++;
+      api_accept(kc, id);
       return;
     }
-    if (rc == KR_ENOMEM)
-      reason = "out of memory";
+    free(id);
+    if (rc == KR_ENOMEM) {
+      refuse(kc, "API token", "out of memory");
+      return;
+    }
+  }
+  if (kr__auth_enabled(k, KR_KAS_AUTH_API)) {
+    verify(kc, KR_KAS_AUTH_API, (const char *)tok->value, tok->value_len,
+           api_verified);
+    return;
   }
   refuse(kc, "API token", reason);
 }
@@ -400,18 +667,13 @@ static void kc_stream(kr__conn *c, kr_stream *s, const kr_md *md, size_t n,
     return;
   }
   if (!kc->authed) {
-    kr_stream_reset(s, KR_CODE_UNAUTHORIZED, "not authenticated");
-    return;
-  }
-  const kr_md *list = md_find(md, n, KR_MD_LIST);
-  if (list && kc->kind == KR__LISTEN_API) {
-    if (list->value_len == 6 && memcmp(list->value, "agents", 6) == 0)
-      kr__listing_serve_stream(kc->k, s);
+    if (kc->auth && kc->kind == KR__LISTEN_API)
+      hold_stream(kc, s, md, n, fin); /* until the verdict */
     else
-      kr_stream_reset(s, KR_CODE_NOT_FOUND, "unknown listing");
+      kr_stream_reset(s, KR_CODE_UNAUTHORIZED, "not authenticated");
     return;
   }
-  kr__relay_start(kc->k, kc, s, md, n, fin);
+  serve_stream(kc, s, md, n, fin, NULL, 0);
 }
 
 static void kc_goaway(kr__conn *c, uint32_t code, const uint8_t *r, size_t rl,
@@ -580,19 +842,24 @@ int kr_kas_new(kr_kas **out, struct event_base *base, const kr_kas_options *o,
     has_api |= o->listen[i].kind != KR__LISTEN_AGENT;
     has_tls |= kr__url_is_secure(&o->listen[i].url);
   }
-  if (!o->tokens_file[0]) {
-    snprintf(err, errlen, "an agent token file is required");
+  if (!o->tokens_file[0] && !o->agent_verify) {
+    snprintf(err, errlen,
+             "an agent token file or an agent verifier is "
+             "required");
     rc = KR_ECONFIG;
-  } else if (has_api && !o->api_secret_len) {
-    snprintf(err, errlen, "an API or HTTP listener needs an API secret");
+  } else if (has_api && !o->api_secret_len && !o->api_verify) {
+    snprintf(err, errlen,
+             "an API or HTTP listener needs an API secret or "
+             "an API verifier");
     rc = KR_ECONFIG;
   } else if (has_tls && !o->tls_cert[0]) {
     snprintf(err, errlen, "a tls://, wss:// or https:// listener needs a "
                           "certificate and key");
     rc = KR_ECONFIG;
   }
-  if (rc == 0 && kr__token_file_load(kr_mem_default(), o->tokens_file,
-                                     &k->tokens, err, errlen) < 0)
+  if (rc == 0 && o->tokens_file[0] &&
+      kr__token_file_load(kr_mem_default(), o->tokens_file, &k->tokens, err,
+                          errlen) < 0)
     rc = KR_ECONFIG;
   if (rc == 0 && o->user_tokens_file[0] &&
       kr__user_token_table_load(kr_mem_default(), o->user_tokens_file,
@@ -641,6 +908,9 @@ void kr_kas_free(kr_kas *k) {
   /* No new connections while the old ones go. */
   for (size_t i = 0; i < k->n_listeners; i++)
     kr__listener_close(k->listeners[i]);
+  /* Verifications still pending outlive the kas until the host completes
+   * them; from now on that only frees them. */
+  kr__auth_cancel_all(k);
   /* Connections go without callbacks: relays are released through the
    * stream close path of each mux, which kr__conn_free() does not run, so
    * release them explicitly first. */
@@ -655,6 +925,7 @@ void kr_kas_free(kr_kas *k) {
   while (k->conns) {
     kas_conn *kc = k->conns;
     kconn_unlink(k, kc);
+    held_drop_all(kc); /* the mux frees the streams */
     kr__conn_free(kc->conn);
     free(kc->id);
     free(kc);
@@ -703,14 +974,17 @@ int kr_kas_private_port(const kr_kas *k, size_t i) {
 }
 
 int kr_kas_reload_tokens(kr_kas *k, char *err, size_t errlen) {
-  kr__token_table *t;
+  kr__token_table *t = NULL;
   char dummy[8];
   if (!err) {
     err = dummy;
     errlen = sizeof(dummy);
   }
-  int rc = kr__token_file_load(kr_mem_default(), k->opt.tokens_file, &t, err,
-                               errlen);
+  /* Without a file (an agent verifier alone) there is nothing to read. */
+  int rc = k->opt.tokens_file[0]
+               ? kr__token_file_load(kr_mem_default(), k->opt.tokens_file, &t,
+                                     err, errlen)
+               : 0;
   if (rc < 0) {
     kr__log(KR_LOG_ERROR, "tokens_reload_failed", "kas=%s", k->name);
     return rc;
@@ -723,8 +997,10 @@ int kr_kas_reload_tokens(kr_kas *k, char *err, size_t errlen) {
     kr__log(KR_LOG_ERROR, "tokens_reload_failed", "kas=%s", k->name);
     return KR_ECONFIG;
   }
-  kr__token_table_free(k->tokens);
-  k->tokens = t;
+  if (t) {
+    kr__token_table_free(k->tokens);
+    k->tokens = t;
+  }
   if (ut) {
     kr__user_token_table_free(k->user_tokens);
     k->user_tokens = ut;
@@ -791,6 +1067,9 @@ void kr_kas_drain(kr_kas *k, kr_time_us grace, kr_kas_drained_cb done,
       kr__registry_remove(k->reg, kc->tunnel);
       kc->tunnel = NULL;
     }
+    /* A verification still pending no longer matters. */
+    kr__auth_cancel(kc->auth);
+    held_reset_all(kc, KR_CODE_REFUSED, "kas is shutting down");
     kr__conn_goaway(kc->conn, KR_CODE_SHUTDOWN, "kas is shutting down");
   }
   kr__route_drain(k);

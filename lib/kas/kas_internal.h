@@ -1,4 +1,4 @@
-/* Private structures of the kas role, shared by kas.c and relay.c. */
+/* Private structures of the kas role, shared by its modules. */
 #ifndef KR_KAS_INTERNAL_H
 #define KR_KAS_INTERNAL_H
 
@@ -50,6 +50,11 @@ struct kr_kas_options {
   size_t private_secret_len;
   kr_time_us hop_wait;        /* how long a hop stream waits for a local
                                  tunnel of its agent */
+  /* The host's verifiers (NULL: none); see auth_request.h. */
+  kr_kas_verify_cb agent_verify;
+  void *agent_verify_ud;
+  kr_kas_verify_cb api_verify;
+  void *api_verify_ud;
 };
 
 typedef struct kr__relay kr__relay;
@@ -58,6 +63,7 @@ typedef struct kas_conn kas_conn;
 typedef struct gw_conn gw_conn;
 typedef struct kr__peer kr__peer;
 typedef struct kr__cluster kr__cluster;
+typedef struct kc_held kc_held;
 
 /* One accepted connection, agent tunnel or API client. */
 struct kas_conn {
@@ -73,6 +79,11 @@ struct kas_conn {
   /* API clients: what their JWT allows (agents claim) and who they are
    * for the Kubernetes service (user, groups claims); NULL otherwise. */
   struct kr__identity *id;
+  /* While the host's verifier decides (auth_request.h): the request, and
+   * for API clients the streams opened meanwhile, held unanswered. */
+  kr_kas_auth *auth;
+  kc_held *held, *held_last; /* oldest first */
+  size_t n_held;
   kas_conn *prev, *next;
 };
 
@@ -104,6 +115,8 @@ struct kr_kas {
   size_t private_secret_len;
   kr__relay *relays; /* every live relay, for kr_kas_free() */
   kr__route *routes; /* every pending route, for kr_kas_free() */
+  kr_kas_auth *auths; /* pending verifications (auth_request.c) */
+  size_t n_auths;
   /* Failing addresses, one table per listener kind (agent, API), so that
    * agents failing behind a NAT do not lock out API clients there. */
   kr__throttle throttle[2];

@@ -175,7 +175,7 @@ static kr_md *relay_md(const kr_md *md, size_t n, const kas_conn *cc,
 }
 
 void kr__relay_start(kr_kas *k, kas_conn *cc, kr_stream *s, const kr_md *md,
-                     size_t n, int fin) {
+                     size_t n, int fin, struct evbuffer *early, int early_fin) {
   int64_t agent = 0;
   int has_service = 0, has_agent = 0;
   for (size_t i = 0; i < n; i++) {
@@ -228,7 +228,9 @@ void kr__relay_start(kr_kas *k, kas_conn *cc, kr_stream *s, const kr_md *md,
   r->agent_id = agent;
   r->cs = s;
   r->open_fin = fin;
-  r->fin_to_agent = fin;
+  r->fin_to_agent = fin || early_fin;
+  if (early)
+    evbuffer_add_buffer(r->to_agent, early);
   r->next = k->relays;
   if (k->relays)
     k->relays->prev = r;

@@ -122,11 +122,12 @@ KR_API size_t kr_http_header_count(const kr_http_exchange *x);
 KR_API int kr_http_header_at(const kr_http_exchange *x, size_t i,
                              const char **name, const char **value);
 /* Who is calling, as kas authenticated it (":user", ":group"); NULL / 0
- * when kas sent no identity. kas sends one for API clients whose JWT
- * names a user, and for the gateway's Kubernetes proxy (/k8s-proxy/, to
- * a service named "kubernetes"); the gateway's service proxy
- * (/api/v1/agents/...) sends none. kr_http_group_at() returns NULL when
- * i is out of range. */
+ * when kas sent no identity. kas sends one whenever the caller's
+ * credentials name a user (a JWT "user" claim, a user token's user, a
+ * custom verifier's kr_kas_auth_set_user()), through the gateway's
+ * service proxy (/api/v1/agents/...), its Kubernetes proxy (/k8s-proxy/,
+ * to a service named "kubernetes", which always needs one) and from API
+ * clients. kr_http_group_at() returns NULL when i is out of range. */
 KR_API const char *kr_http_user(const kr_http_exchange *x);
 KR_API size_t kr_http_group_count(const kr_http_exchange *x);
 KR_API const char *kr_http_group_at(const kr_http_exchange *x, size_t i);

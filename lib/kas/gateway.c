@@ -771,7 +771,13 @@ static int route_authorized(gw_conn *gc, int rc, const kr__identity *idp,
     return KR_EPERM;
   }
   rc = r->md_rc;
-  if (rc == 0 && r->kind == KR__AUTH_K8S_PROXY) {
+  /* Who is calling goes with the request when kas knows it: always on the
+   * Kubernetes proxy (the agent impersonates that user), and on the
+   * service proxy when the credentials name a user, so that an agent's
+   * handler can authorize (kr_http_user()). As for API clients
+   * (relay.c), never from the caller's own fields: reserved names
+   * cannot come from a request head. */
+  if (rc == 0 && (r->kind == KR__AUTH_K8S_PROXY || idp->user[0])) {
     rc = kr__mdlist_adds(&r->md, KR__MD_USER, idp->user);
     for (size_t i = 0; rc == 0 && i < idp->n_groups; i++)
       rc = kr__mdlist_adds(&r->md, KR__MD_GROUP, idp->groups[i]);

@@ -690,7 +690,7 @@ START_TEST(get_answered_with_respond_body) {
   ck_assert(x->header_at_ok);
   ck_assert(x->header_at_out_of_range);
   ck_assert(!x->has_connection);
-  ck_assert_str_eq(x->user, "(none)"); /* the service proxy sends none */
+  ck_assert_str_eq(x->user, "(none)"); /* the credentials name no user */
   ck_assert_uint_eq(x->n_groups, 0);
   ck_assert_int_eq(x->has_body_at_request, 0);
   ck_assert_int_eq(x->body_end, 1);
@@ -750,6 +750,24 @@ START_TEST(identity_through_kubernetes_proxy) {
   ck_assert_str_eq(body_str(&r), "hello from the handler\n");
   rec *x = &recs[0];
   ck_assert_str_eq(x->path, "/api/v1/pods?watch=1");
+  ck_assert_str_eq(x->user, "alice");
+  ck_assert_uint_eq(x->n_groups, 2);
+  ck_assert_str_eq(x->groups[0], "dev");
+  ck_assert_str_eq(x->groups[1], "ops");
+  resp_free(&r);
+  free(jwt);
+}
+END_TEST
+
+/* Credentials that name a user carry it through the service proxy too, so
+ * that a handler can authorize. */
+START_TEST(identity_through_service_proxy) {
+  char *jwt = token(1);
+  resp r;
+  http_get(&r, SVC "/hello", jwt);
+  ck_assert_int_eq(r.status, 200);
+  rec *x = &recs[0];
+  ck_assert_str_eq(x->path, "/hello");
   ck_assert_str_eq(x->user, "alice");
   ck_assert_uint_eq(x->n_groups, 2);
   ck_assert_str_eq(x->groups[0], "dev");
@@ -963,6 +981,7 @@ int main(void) {
   tcase_add_test(tc, get_answered_with_respond_body);
   tcase_add_test(tc, respond_body_larger_than_send_queue);
   tcase_add_test(tc, identity_through_kubernetes_proxy);
+  tcase_add_test(tc, identity_through_service_proxy);
   tcase_add_test(tc, streamed_response_64mib);
   tcase_add_test(tc, upload_16mib_with_pause);
   tcase_add_test(tc, abort_before_head_gives_502);

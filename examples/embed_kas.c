@@ -1,11 +1,18 @@
 /* embed_kas: a kas server inside a program that owns its libevent loop.
  *
  * Usage:
- *   embed_kas --agent-tokens FILE --api-secret-file FILE
- *             [--seconds N] [--interval-ms MS]
+ *   embed_kas (--agent-tokens FILE | --agent-token-dir DIR)
+ *             --api-secret-file FILE [--seconds N] [--interval-ms MS]
  *
  *   --agent-tokens     the agent token table (README "Agent tokens"; make a
  *                      line with `kasctl hash-token < token`)
+ *   --agent-token-dir  instead of the table, the program verifies agent
+ *                      tokens itself with a custom verifier
+ *                      (kr_kas_options_set_agent_verifier()): DIR stands
+ *                      for the host's own store, one file per agent named
+ *                      by its id and holding its token. The verdict is
+ *                      given later, from the loop, as a lookup in another
+ *                      system would be.
  *   --api-secret-file  the HS256 secret for API JWTs: the file's bytes up to
  *                      a final newline, at least 32 (e.g. `head -c 32
  *                      /dev/urandom | base64 > secret`)
@@ -30,6 +37,7 @@
 
 #include <event2/event.h>
 
+#include <dirent.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -45,6 +53,7 @@ struct app {
   struct event *tick;     /* the program's own periodic work */
   struct event *deadline; /* --seconds */
   struct event *sigint, *sigterm;
+  const char *token_dir; /* --agent-token-dir */
   int stopping;
 };
 
@@ -67,6 +76,94 @@ static long read_secret(const char *path, uint8_t *buf, size_t cap) {
     n--;
   return (long)n;
 }
+
+/* ------------------------------------------------ the custom verifier */
+
+#define MAX_TOKEN 4096
+
+/* One verification in progress: the token is copied (the library's bytes
+ * are valid only during the callback) and wiped when done. */
+struct lookup {
+  const char *dir;
+  kr_kas_auth *req;
+  size_t len;
+  uint8_t token[MAX_TOKEN];
+};
+
+/* Compares without an early exit, so that timing does not reveal how much
+ * of a token matched. */
+static int same_token(const uint8_t *a, size_t alen, const uint8_t *b,
+                      size_t blen) {
+  unsigned diff = alen != blen;
+  for (size_t i = 0; i < alen && i < blen; i++)
+    diff |= a[i] ^ b[i];
+  return diff == 0;
+}
+
+/* The agent id whose file in dir holds token, or 0. */
+static int64_t find_agent(const char *dir, const uint8_t *token, size_t len) {
+  DIR *d = opendir(dir);
+  if (!d)
+    return 0;
+  int64_t found = 0;
+  struct dirent *e;
+  static uint8_t buf[MAX_TOKEN + 2];
+  while ((e = readdir(d)) != NULL) {
+    char *end;
+    long long id = strtoll(e->d_name, &end, 10);
+    if (id <= 0 || *end)
+      continue;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    long n = read_secret(path, buf, sizeof buf);
+    if (n > 0 && same_token(buf, (size_t)n, token, len))
+      found = id; /* keep going: every lookup costs the same */
+  }
+  memset(buf, 0, sizeof buf);
+  closedir(d);
+  return found;
+}
+
+/* The verdict, one loop iteration after the question. */
+static void on_lookup_done(evutil_socket_t fd, short what, void *arg) {
+  struct lookup *l = arg;
+  (void)fd;
+  (void)what;
+  /* A connection that went away meanwhile still needs its request
+   * completed (that frees it); the answer just reaches nobody. */
+  int64_t id = kr_kas_auth_cancelled(l->req) ? 0
+                                             : find_agent(l->dir, l->token,
+                                                          l->len);
+  if (id > 0 && kr_kas_auth_set_agent_id(l->req, id) == 0)
+    kr_kas_auth_allow(l->req);
+  else
+    kr_kas_auth_deny(l->req, "unknown agent token");
+  memset(l->token, 0, sizeof l->token);
+  free(l);
+}
+
+/* kr_kas_verify_cb: the library asks; the answer comes later. */
+static void verify_agent(kr_kas_auth *req, const uint8_t *token, size_t len,
+                         void *user_data) {
+  struct event_base *base = ((struct app *)user_data)->base;
+  struct lookup *l = len <= MAX_TOKEN ? malloc(sizeof *l) : NULL;
+  struct timeval now = {0, 0};
+  if (!l) {
+    kr_kas_auth_deny(req, len > MAX_TOKEN ? "token too long" : "busy");
+    return;
+  }
+  l->dir = ((struct app *)user_data)->token_dir;
+  l->req = req;
+  l->len = len;
+  memcpy(l->token, token, len);
+  if (event_base_once(base, -1, EV_TIMEOUT, on_lookup_done, l, &now) != 0) {
+    memset(l->token, 0, sizeof l->token);
+    free(l);
+    kr_kas_auth_deny(req, "busy");
+  }
+}
+
+/* ------------------------------------------------------ the host's work */
 
 /* The host's own work. It runs on the same thread as the kas, so reading
  * kas counters needs no locking (nothing in the library is thread-safe). */
@@ -118,11 +215,13 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg) {
 }
 
 int main(int argc, char **argv) {
-  const char *tokens = NULL, *secret_file = NULL;
+  const char *tokens = NULL, *token_dir = NULL, *secret_file = NULL;
   long seconds = 0, interval_ms = 500;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--agent-tokens"))
       tokens = argv[i + 1];
+    else if (!strcmp(argv[i], "--agent-token-dir"))
+      token_dir = argv[i + 1];
     else if (!strcmp(argv[i], "--api-secret-file"))
       secret_file = argv[i + 1];
     else if (!strcmp(argv[i], "--seconds"))
@@ -130,10 +229,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--interval-ms"))
       interval_ms = strtol(argv[i + 1], NULL, 10);
   }
-  if (!tokens || !secret_file || seconds < 0 || interval_ms <= 0 ||
-      argc % 2 == 0) {
-    fprintf(stderr, "usage: embed_kas --agent-tokens FILE --api-secret-file "
-                    "FILE [--seconds N] [--interval-ms MS]\n");
+  if (!tokens == !token_dir || !secret_file || seconds < 0 ||
+      interval_ms <= 0 || argc % 2 == 0) {
+    fprintf(stderr, "usage: embed_kas (--agent-tokens FILE | --agent-token-dir "
+                    "DIR) --api-secret-file FILE [--seconds N] "
+                    "[--interval-ms MS]\n");
     return 1;
   }
   static uint8_t secret[MAX_SECRET];
@@ -142,6 +242,7 @@ int main(int argc, char **argv) {
     return 1;
 
   struct app a = {0};
+  a.token_dir = token_dir;
   kr_kas_options *o = NULL;
   char err[256] = "";
   int rc = 1;
@@ -152,8 +253,10 @@ int main(int argc, char **argv) {
   int e = kr_kas_options_add_agent_listen(o, "tcp://127.0.0.1:0");
   if (!e)
     e = kr_kas_options_add_api_listen(o, "tcp://127.0.0.1:0");
-  if (!e)
+  if (!e && tokens)
     e = kr_kas_options_set_agent_tokens_file(o, tokens);
+  if (!e && token_dir) /* a.base is set: the verifier schedules on it */
+    e = kr_kas_options_set_agent_verifier(o, verify_agent, &a);
   if (!e)
     e = kr_kas_options_set_api_secret(o, secret, (size_t)slen);
   if (!e)

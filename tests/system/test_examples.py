@@ -6,7 +6,9 @@ run against the real daemons, so they never rot.
   whose status and body it prints, and lists the agents; exit 0.
 - embed_kas: started with --seconds; an agentd connects to it; its stats
   lines report the agent; it drains, frees everything and exits 0 by
-  itself (the agent sees the GOAWAY).
+  itself (the agent sees the GOAWAY). With --agent-token-dir it verifies
+  agent tokens with its own asynchronous verifier: a stored token
+  connects, an unknown one is refused and counted.
 
 - custom_agent (examples/custom_agent.c) behind kasd with its HTTP gateway:
   sysinfo by curl (GET on two paths -> 200 and a JSON document with the
@@ -118,6 +120,47 @@ def test_embed_kas(env):
         check(line in out, "missing %r in %r" % (line, out))
     log("embed_kas drained and exited 0 after --seconds")
     agent.stop()
+
+
+def test_embed_kas_verifier(env):
+    """embed_kas --agent-token-dir: the program verifies agent tokens with
+    its own (asynchronous) verifier. An agent whose token is in the store
+    connects under the id its file names; one with an unknown token is
+    refused (counted as an auth failure) and never routed to."""
+    token, token_file, _ = env.agent_credentials()
+    store = os.path.join(env.dir, "token-store")
+    os.mkdir(store)
+    with open(os.path.join(store, "42"), "w") as f:
+        f.write(token + "\n")
+    with open(os.path.join(store, "7"), "w") as f:
+        f.write("another-agents-token\n")
+    bad_file = env.write("bad.token", "not-in-the-store")
+    echo = env.start_echo()
+    argv = [example("EMBED_KAS"), "--agent-token-dir", store,
+            "--api-secret-file", env.secret_file,
+            "--seconds", str(int(scaled(60))), "--interval-ms", "100"]
+    k = env.spawn("embed-kas-verifier", argv, "daemon")
+    m = k.wait_stdout(r"embed_kas ready agent_port=(\d+) api_port=(\d+)\n",
+                      scaled(10))
+    agent_url = "tcp://127.0.0.1:%s" % m.group(1)
+    good = env.start_agentd(agent_url, token_file, {"echo": echo},
+                            connections=2)
+    good.wait_log(r"event=connected ", 2, scaled(10))
+    k.wait_stdout(r"stats agents=1 agent_connections=2 ", scaled(10))
+    log("the verifier accepted the stored token (1 agent, 2 connections)")
+    bad = env.start_agentd(agent_url, bad_file, {"echo": echo},
+                           connections=1)
+    bad.wait_log(r"event=token_refused ", 1, scaled(10))
+    k.wait_stdout(r"stats agents=1 agent_connections=2 \S+ \S+ \S+ "
+                  r"auth_failures=[1-9]", scaled(10))
+    log("an unknown token was refused by the verifier and counted")
+    for line in (token, "another-agents-token", "not-in-the-store"):
+        check(line not in k.stdout() + k.stderr(), "a token was printed")
+    k.signal(signal.SIGTERM)
+    rc = k.wait_exit(scaled(30))
+    check(rc == 0, "embed_kas exited %s: %s" % (rc, k.stderr()))
+    good.stop()
+    bad.stop()
 
 
 # ---------------------------------------------------------------------------
@@ -467,7 +510,8 @@ if __name__ == "__main__":
             print("SKIP: %s is not set to an executable (got %r)" % (var, p))
             sys.exit(SKIP)
         EXAMPLES[var] = os.path.abspath(p)
-    tests = [test_embed_client, test_embed_kas, test_custom_agent_http,
+    tests = [test_embed_client, test_embed_kas, test_embed_kas_verifier,
+             test_custom_agent_http,
              test_custom_agent_exec, test_minimal_agent]
     if not shutil.which("curl"):
         print("SKIP: curl is not on PATH: %s not run (apt-get install curl)"

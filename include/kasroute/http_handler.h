@@ -44,11 +44,12 @@
  * an upgrade request ("upgrade" and a "connection" field naming it)
  * keeps "upgrade" and "connection: upgrade".
  *
- * When on_close fires: of the calls below, only kr_http_abort() ends the
- * exchange at once. The response's end (kr_http_finish(),
- * kr_http_respond() with end, kr_http_respond_body()) goes out from the
- * agent's loop, and on_close follows from the loop, never from inside
- * those calls.
+ * When on_close fires: of the calls below, only kr_http_abort() fires it
+ * inside the call. The response's end (kr_http_finish(),
+ * kr_http_respond() with end, kr_http_respond_body()) is queued at once,
+ * in the same write as the last body bytes; when that ends the exchange,
+ * on_close follows from the agent's loop (or inside kr_agent_free(),
+ * whichever comes first), never from inside those calls.
  *
  * User data: an exchange's user data starts as the service_data given at
  * registration; on_request may replace it (kr_http_set_user_data()).

@@ -721,8 +721,11 @@ void kr_agent_free(kr_agent *a) {
       event_free(a->slots[i].retry_ev);
   if (a->drain_ev)
     event_free(a->drain_ev);
-  /* Every stream has ended: the services hold only idle connections. */
+  /* Every stream has ended: the services hold only idle connections, and
+   * HTTP handler services at most closes they still owe. */
   for (size_t i = 0; i < a->n_svcs; i++) {
+    if (a->svcs[i].data == &a->svcs[i].http_ctx)
+      kr__http_handler_svc_flush(&a->svcs[i].http_ctx);
     kr__http_service_free(a->svcs[i].http);
     kr__kube_service_free(a->svcs[i].kube);
   }
@@ -774,6 +777,27 @@ void kr_agent_drain(kr_agent *a, kr_time_us grace, kr_agent_drained_cb done,
   for (unsigned i = 0; i < a->opt.connections; i++)
     event_del(a->slots[i].retry_ev);
   a->drain_ev = event_new(a->base, -1, 0, drain_cb, a);
+  if (!a->drain_ev) {
+    /* No memory for the grace timer: no grace. Every connection ends at
+     * once (streams get on_close, as in kr_agent_free()) and done fires
+     * before this returns. */
+    for (agent_link *l = a->links; l; l = l->next)
+      kr__conn_abort(l->conn, KR_CODE_SHUTDOWN, "agent shut down");
+    while (a->links) {
+      agent_link *l = a->links;
+      if (l->ready)
+        a->ready--;
+      if (l->slot)
+        l->slot->link = NULL;
+      link_unlink(a, l);
+      kr__conn_free(l->conn);
+      free(l);
+    }
+    a->drained = NULL;
+    if (done)
+      done(a, ud);
+    return;
+  }
   struct timeval tv = {(time_t)(grace / 1000000u),
                        (suseconds_t)(grace % 1000000u)};
   event_add(a->drain_ev, &tv);

@@ -30,7 +30,14 @@ struct kr_http_handler {
 typedef struct kr__http_handler_svc {
   struct kr_http_handler cbs;
   void *service_data;
+  struct kr_http_exchange *owed; /* ended exchanges whose on_close is
+                                    still to be reported (http_handler.c) */
 } kr__http_handler_svc;
+
+/* Reports every close still owed to the application: called by
+ * kr_agent_free() after the agent's streams ended, so that no callback
+ * fires after it returns. */
+void kr__http_handler_svc_flush(kr__http_handler_svc *svc);
 
 /* The stream handler that serves an HTTP handler service: its
  * service_data is a kr__http_handler_svc (lib/agent/http_handler.c). */

@@ -15,11 +15,15 @@
  * on_request (or inside any callback) stays valid until that callback and
  * the calls around it have returned.
  *
- * The response's end (FIN) goes out from a zero-delay event rather than
- * inside kr_http_finish() and friends: the stream's clean close, and the
- * application's on_close with it, then always fire from the loop, never
- * from inside a kr_http_* call the application is still making. Only
- * kr_http_abort() closes at once (documented).
+ * The response's end (FIN) is queued at once by kr_http_finish() and
+ * friends, so that it leaves in the same write as the last body bytes
+ * (a separate FIN cost a send here and a read in kas per request). That
+ * can end the stream inside the call (the caller had finished sending);
+ * the application's on_close is then reported from a zero-delay event,
+ * never from inside a kr_http_* call it is still making (x->api counts
+ * those). Only kr_http_abort() closes at once (documented). Closes still
+ * owed when the agent is freed are reported by
+ * kr__http_handler_svc_flush(), so nothing fires after kr_agent_free().
  */
 #include <event2/event.h>
 #include <stdio.h>
@@ -40,9 +44,9 @@
 #define HX_MAX_NAME 255
 
 struct kr_http_exchange {
-  const kr__http_handler_svc *svc;
+  kr__http_handler_svc *svc;
   kr_stream *s;     /* NULL once the stream ended */
-  struct event *ev; /* sends the deferred FIN */
+  struct event *ev; /* reports a close owed to the application */
   void *user_data;
   /* The request head, owned copies: info holds ":method", ":path", then
    * ":user" and every ":group"; fields the end-to-end request fields
@@ -61,6 +65,11 @@ struct kr_http_exchange {
   int replied;
   int ended;         /* no more kr_http_write(): finished or whole body */
   int fin_owed;      /* the FIN goes out once pending is flushed */
+  int api;           /* kr_http_* calls of the application on the stack */
+  int close_owed;    /* the stream ended inside such a call: on_close is
+                        reported from ev (listed in svc->owed) */
+  int close_err;
+  kr_http_exchange *owed_prev, *owed_next;
   int want_writable; /* a kr_http_write() was short: on_writable owed */
   int counted;       /* a content-length the body must match */
   uint64_t body_left;
@@ -137,10 +146,40 @@ static void refuse(kr_stream *s, uint32_t code, const char *why) {
   kr_stream_reset(s, code, why);
 }
 
-static void schedule_fin(kr_http_exchange *x) {
+/* Queues the FIN, now or (with body bytes still pending) once they are
+ * in the stream. A FIN that cannot be queued for lack of memory ends the
+ * stream with a reset instead (the caller sees a cut response). */
+static void send_fin(kr_http_exchange *x) {
   x->fin_owed = 1;
-  if (!x->pending)
-    event_active(x->ev, EV_TIMEOUT, 0);
+  if (x->pending || !x->s)
+    return;
+  x->fin_owed = 0;
+  x_enter(x);
+  if (kr_stream_close_write(x->s) == KR_ENOMEM && x->s)
+    kr_stream_reset(x->s, KR_CODE_INTERNAL, "out of memory");
+  x_leave(x);
+}
+
+static void owed_unlink(kr_http_exchange *x) {
+  if (x->owed_prev)
+    x->owed_prev->owed_next = x->owed_next;
+  else
+    x->svc->owed = x->owed_next;
+  if (x->owed_next)
+    x->owed_next->owed_prev = x->owed_prev;
+  x->owed_prev = x->owed_next = NULL;
+}
+
+/* The exchange is over for the application: on_close, once. */
+static void deliver_close(kr_http_exchange *x, int err) {
+  if (x->close_owed) {
+    x->close_owed = 0;
+    owed_unlink(x);
+  }
+  event_del(x->ev);
+  x->closed = 1;
+  if (x->svc->cbs.on_close)
+    x->svc->cbs.on_close(x, err, x->user_data);
 }
 
 /* ---------------------------------------------------------- field checks */
@@ -293,7 +332,7 @@ static void end_cb(evutil_socket_t fd, short what, void *arg);
 
 static void h_open(kr_stream *s, const kr_md *md, size_t n, int fin,
                    void *data) {
-  const kr__http_handler_svc *svc = data;
+  kr__http_handler_svc *svc = data;
   kr_http_exchange *x = calloc(1, sizeof(*x));
   if (!x) {
     refuse(s, KR_CODE_INTERNAL, "out of memory");
@@ -372,7 +411,7 @@ static void flush_pending(kr_http_exchange *x) {
     x->pending = NULL;
     x->pending_len = x->pending_off = 0;
     if (x->fin_owed)
-      schedule_fin(x);
+      send_fin(x);
   }
 }
 
@@ -394,25 +433,39 @@ static void h_close(kr_stream *s, uint32_t code, const uint8_t *reason,
   kr_http_exchange *x = ud;
   x_enter(x);
   x->s = NULL;
-  event_del(x->ev);
-  x->closed = 1;
   int err = x->aborting ? KR_ERESET : kr_error_from_code(code);
-  if (x->svc->cbs.on_close)
-    x->svc->cbs.on_close(x, err, x->user_data);
+  if (x->api > 0 && !x->aborting) {
+    /* Inside the application's kr_http_finish() or the like: report
+     * from the loop. */
+    x->close_owed = 1;
+    x->close_err = err;
+    x->owed_next = x->svc->owed;
+    if (x->owed_next)
+      x->owed_next->owed_prev = x;
+    x->svc->owed = x;
+    event_active(x->ev, EV_TIMEOUT, 0);
+  } else {
+    deliver_close(x, err);
+  }
   x_leave(x);
 }
 
-/* The deferred FIN. A FIN that cannot be queued for lack of memory ends
- * the stream with a reset instead (the caller sees a cut response). */
+/* A close owed to the application (see h_close). */
 static void end_cb(evutil_socket_t fd, short what, void *arg) {
   kr_http_exchange *x = arg;
   x_enter(x);
-  if (x->s && x->fin_owed && !x->pending) {
-    x->fin_owed = 0;
-    if (kr_stream_close_write(x->s) == KR_ENOMEM && x->s)
-      kr_stream_reset(x->s, KR_CODE_INTERNAL, "out of memory");
-  }
+  if (x->close_owed)
+    deliver_close(x, x->close_err);
   x_leave(x);
+}
+
+void kr__http_handler_svc_flush(kr__http_handler_svc *svc) {
+  while (svc->owed) {
+    kr_http_exchange *x = svc->owed;
+    x_enter(x);
+    deliver_close(x, x->close_err);
+    x_leave(x);
+  }
 }
 
 const struct kr_handler kr__http_handler_stream = {
@@ -511,13 +564,15 @@ static int parse_length(const uint8_t *p, size_t n, uint64_t *out) {
 
 /* Checks and sends the response head: ":status" and fields[0..n) (names
  * lower-cased). Nothing is sent on failure. end: the response has no
- * body (FIN deferred, see schedule_fin). */
+ * body (the FIN is queued at once, see send_fin). */
 static int respond_head(kr_http_exchange *x, int status, const kr_md *fields,
                         size_t n, int end) {
-  if (!x->s)
+  if (x->closed)
     return KR_ECLOSED;
   if (x->replied)
-    return KR_ESTATE;
+    return KR_ESTATE; /* also when the stream just ended (close owed) */
+  if (!x->s)
+    return KR_ECLOSED;
   if (status == 101 ? !x->upgrade : (status < 200 || status > 599))
     return KR_EINVAL;
   if (n > 0 && !fields)
@@ -569,23 +624,28 @@ static int respond_head(kr_http_exchange *x, int status, const kr_md *fields,
   x->body_left = length;
   if (end) {
     x->ended = 1;
-    schedule_fin(x);
+    send_fin(x);
   }
   return 0;
 }
 
 int kr_http_respond(kr_http_exchange *x, int status, const kr_md *fields,
                     size_t n, int end) {
-  return respond_head(x, status, fields, n, end);
+  x->api++;
+  int rc = respond_head(x, status, fields, n, end);
+  x->api--;
+  return rc;
 }
 
-int kr_http_respond_body(kr_http_exchange *x, int status,
-                         const char *content_type, const void *body,
-                         size_t len) {
-  if (!x->s)
+static int respond_body(kr_http_exchange *x, int status,
+                        const char *content_type, const void *body,
+                        size_t len) {
+  if (x->closed)
     return KR_ECLOSED;
   if (x->replied)
-    return KR_ESTATE;
+    return KR_ESTATE; /* also when the stream just ended (close owed) */
+  if (!x->s)
+    return KR_ECLOSED;
   int no_body = status == 204 || status == 304;
   if ((len > 0 && !body) || status == 101 || (no_body && len > 0))
     return KR_EINVAL;
@@ -624,10 +684,23 @@ int kr_http_respond_body(kr_http_exchange *x, int status,
   return 0;
 }
 
+int kr_http_respond_body(kr_http_exchange *x, int status,
+                         const char *content_type, const void *body,
+                         size_t len) {
+  x->api++;
+  int rc = respond_body(x, status, content_type, body, len);
+  x->api--;
+  return rc;
+}
+
 int64_t kr_http_write(kr_http_exchange *x, const void *data, size_t len) {
+  if (x->closed)
+    return KR_ECLOSED;
+  if (x->ended)
+    return KR_ESTATE;
   if (!x->s)
     return KR_ECLOSED;
-  if (!x->replied || x->ended)
+  if (!x->replied)
     return KR_ESTATE;
   if (len > 0 && !data)
     return KR_EINVAL;
@@ -644,12 +717,18 @@ int64_t kr_http_write(kr_http_exchange *x, const void *data, size_t len) {
 }
 
 int kr_http_finish(kr_http_exchange *x) {
+  if (x->closed)
+    return KR_ECLOSED;
+  if (x->ended)
+    return KR_ESTATE;
   if (!x->s)
     return KR_ECLOSED;
-  if (!x->replied || x->ended || (x->counted && x->body_left > 0))
+  if (!x->replied || (x->counted && x->body_left > 0))
     return KR_ESTATE;
   x->ended = 1;
-  schedule_fin(x);
+  x->api++;
+  send_fin(x);
+  x->api--;
   return 0;
 }
 

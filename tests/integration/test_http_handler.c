@@ -970,6 +970,31 @@ START_TEST(agent_freed_with_open_exchange) {
 }
 END_TEST
 
+/* A response finished right before the agent is freed: the stream may
+ * end inside kr_http_respond_body() (its on_close is then owed, reported
+ * from the loop); kr_agent_free() reports it, so on_close has fired
+ * exactly once when it returns and nothing fires afterwards. */
+START_TEST(agent_freed_right_after_response) {
+  char *jwt = token(0);
+  resp r;
+  memset(&r, 0, sizeof(r));
+  http_start(&r, EVHTTP_REQ_GET, SVC "/hold", jwt, NULL);
+  ck_assert(th_run_cond(&env, got_request, NULL, 10000));
+  ck_assert(!recs[0].closed);
+  ck_assert_int_eq(kr_http_respond_body(recs[0].x, 200, "text/plain", "bye", 3),
+                   0);
+  ck_assert(!recs[0].closed); /* never inside the call */
+  kr_agent_free(agent);
+  agent = NULL;
+  ck_assert(recs[0].closed);
+  ck_assert_int_eq(n_closes, 1);
+  http_wait(&r, 15000);
+  ck_assert_int_eq(n_closes, 1);
+  resp_free(&r);
+  free(jwt);
+}
+END_TEST
+
 int main(void) {
   /* A client that goes away mid-response makes the gateway's next write
    * fail; like the daemons, the host ignores SIGPIPE. */
@@ -982,6 +1007,7 @@ int main(void) {
   tcase_add_test(tc, respond_body_larger_than_send_queue);
   tcase_add_test(tc, identity_through_kubernetes_proxy);
   tcase_add_test(tc, identity_through_service_proxy);
+  tcase_add_test(tc, agent_freed_right_after_response);
   tcase_add_test(tc, streamed_response_64mib);
   tcase_add_test(tc, upload_16mib_with_pause);
   tcase_add_test(tc, abort_before_head_gives_502);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # HTTP request benchmark: small GET requests to an nginx upstream, measured
-# with wrk on five paths, all on 127.0.0.1:
+# with wrk on six paths, all on 127.0.0.1:
 #   direct  wrk -> upstream nginx
 #   nginx   wrk -> nginx reverse proxy (upstream keepalive 64, HTTP/1.1)
 #           -> upstream nginx
@@ -12,6 +12,10 @@
 #           -> agentd (connected to A only) -> upstream nginx: routing
 #           across kas instances that share presence in a redis-server
 #           started on a free loopback port (same request and JWT as kas)
+#   handler wrk -> kasd --http-listen (its own) -> tunnel -> handler_agent
+#           (bench/http/handler_agent.c: an HTTP handler of the library
+#           answering the upstream's body itself, no upstream; same
+#           request and JWT as kas)
 #
 #   bench/http/run.sh [--build DIR] [--seconds S] [--runs R] [--out FILE]
 #
@@ -25,7 +29,10 @@
 # path's own processes (utime+stime from /proc/PID/stat, descendants
 # included) per run and per request. For peer it also gives peer / kas
 # (the cost of the extra hop) and the Redis commands executed during each
-# run (INFO commandstats) with the requests served per Redis command.
+# run (INFO commandstats) with the requests served per Redis command. For
+# handler it gives handler / direct and handler / kas (an agent answering
+# in-process against agentd proxying to the upstream), and the CPU per
+# request of kasd and of the agent on both paths.
 #
 # Before the timed runs each path must answer GET with status 200 and
 # exactly the upstream's body (checked with curl); a run in which wrk saw
@@ -44,8 +51,9 @@ usage() {
 Options:
   --build DIR          meson build directory; set up with -Dbuildtype=release
                        when it does not exist (default: $KR_BUILD, or
-                       ./build-release); kasd, agentd, kasctl and
-                       bench/tunnel/tunnel_load are built in it
+                       ./build-release); kasd, agentd, kasctl,
+                       bench/tunnel/tunnel_load and bench/handler_agent are
+                       built in it
   --no-build           use DIR as it is
   --seconds S          wrk duration per run (default: $KR_BENCH_SECONDS or 10)
   --runs R             runs per path and connection count (default:
@@ -55,10 +63,11 @@ Options:
   --warmup S           untimed wrk run per path before the first round (2;
                        0 to skip)
   --only LIST          comma list of paths, from: direct, nginx, ssh, kas,
-                       peer (default: all)
+                       peer, handler (default: all)
   --agent-transport T  tcp (default) or tls: the agentd -> kasd tunnel
   --agent-conns N      tunnel connections agentd keeps (agentd default: 2)
   --perf DIR           record `perf record -g` profiles of kasd and agentd
+                       (and of the handler path's kasd and handler_agent)
                        during the timed runs into DIR, and print their top
                        functions
   --out FILE           also write the final report to FILE
@@ -78,7 +87,7 @@ DURATION=${KR_BENCH_SECONDS:-10}
 RUNS=${KR_BENCH_RUNS:-3}
 CONNS_LIST=32,1
 WARMUP=2
-ONLY=direct,nginx,ssh,kas,peer
+ONLY=direct,nginx,ssh,kas,peer,handler
 AGENT_TRANSPORT=tcp
 AGENT_CONNS=
 PERF_DIR=
@@ -114,7 +123,7 @@ case "$AGENT_TRANSPORT" in tcp|tls) ;; *) bad "--agent-transport is tcp or tls" 
 IFS=, read -r -a CONNS <<<"$CONNS_LIST"
 IFS=, read -r -a ONLY_LIST <<<"$ONLY"
 for p in "${ONLY_LIST[@]}"; do
-  case "$p" in direct|nginx|ssh|kas|peer) ;; *) bad "unknown path in --only: $p" ;; esac
+  case "$p" in direct|nginx|ssh|kas|peer|handler) ;; *) bad "unknown path in --only: $p" ;; esac
 done
 # The connection counts the summary compares (when measured).
 CMAX=$(printf '%s\n' "${CONNS[@]}" | sort -n | tail -1)
@@ -150,8 +159,10 @@ if [ $DO_BUILD = 1 ]; then
     meson setup "$BUILD" "$root" -Dbuildtype=release >"$blog" 2>&1 ||
       { tail -20 "$blog" >&2; rm -f "$blog"; bad "meson setup $BUILD failed"; }
   fi
+  handler_target=
+  want handler && handler_target=bench/handler_agent
   if ! ninja -C "$BUILD" daemons/kasd daemons/agentd daemons/kasctl \
-      bench/tunnel/tunnel_load >"$blog" 2>&1; then
+      bench/tunnel/tunnel_load $handler_target >"$blog" 2>&1; then
     grep -m 20 -E 'error|FAILED' "$blog" >&2
     rm -f "$blog"
     bad "building in $BUILD failed (ninja -C $BUILD)"
@@ -162,6 +173,7 @@ KASD=$BUILD/daemons/kasd
 AGENTD=$BUILD/daemons/agentd
 KASCTL=$BUILD/daemons/kasctl
 LOAD=$BUILD/bench/tunnel/tunnel_load
+HANDLER_AGENT=$BUILD/bench/handler_agent
 for b in "$KASD" "$AGENTD" "$KASCTL" "$LOAD"; do
   [ -x "$b" ] || bad "missing $b (build it: meson compile -C $BUILD)"
 done
@@ -358,21 +370,32 @@ agentd_up() {
     count_ge "$TMP/$kname.err" 'event=agent_connected' "${AGENT_CONNS:-2}"
 }
 
+# kasd_up NAME: a kasd (process NAME) with an agent listener over
+# --agent-transport, an API listener and an HTTP gateway, all on free
+# ports; waits until it is ready. Sets KASD_PID, KASD_AGENT_PORT and
+# KASD_HTTP_PORT.
+kasd_up() {
+  local name=$1
+  start "$name" "$KASD" --agent-listen "$AGENT_TRANSPORT://127.0.0.1:0" \
+    --api-listen tcp://127.0.0.1:0 --http-listen http://127.0.0.1:0 \
+    --agent-tokens "$TMP/tokens" --api-secret-file "$TMP/api.secret" \
+    --drain-grace 1 --name bench-http "${KAS_TLS_K[@]}"
+  KASD_PID=$LASTPID
+  wait_until 10 "$KASD_PID" "$name" grep -q '^kasd ready.*http_port=' "$TMP/$name.out" || return 1
+  KASD_AGENT_PORT=$(sed -n 's/.*agent_port=\([0-9]*\).*/\1/p' "$TMP/$name.out")
+  KASD_HTTP_PORT=$(sed -n 's/.*http_port=\([0-9]*\).*/\1/p' "$TMP/$name.out")
+}
+
 # kas_up UPSTREAM_PORT: kasd (agent listener over --agent-transport, API
 # listener, HTTP gateway) and agentd serving "hello" from the upstream.
 # Adds the path "kas".
 kas_up() {
   local up=$1 kasd agentd http_port
   kas_creds || return 1
-  start kasd "$KASD" --agent-listen "$AGENT_TRANSPORT://127.0.0.1:0" \
-    --api-listen tcp://127.0.0.1:0 --http-listen http://127.0.0.1:0 \
-    --agent-tokens "$TMP/tokens" --api-secret-file "$TMP/api.secret" \
-    --drain-grace 1 --name bench-http "${KAS_TLS_K[@]}"
-  kasd=$LASTPID
-  wait_until 10 $kasd "kasd" grep -q '^kasd ready.*http_port=' "$TMP/kasd.out" || return 1
-  KAS_AGENT_PORT=$(sed -n 's/.*agent_port=\([0-9]*\).*/\1/p' "$TMP/kasd.out")
-  http_port=$(sed -n 's/.*http_port=\([0-9]*\).*/\1/p' "$TMP/kasd.out")
-  agentd_up agentd "$KAS_AGENT_PORT" "$up" kasd || return 1
+  kasd_up kasd || return 1
+  kasd=$KASD_PID
+  http_port=$KASD_HTTP_PORT
+  agentd_up agentd "$KASD_AGENT_PORT" "$up" kasd || return 1
   agentd=$AGENTD_PID
   local url="http://127.0.0.1:$http_port/api/v1/agents/$KAS_AGENT_ID/services/hello/hello"
   if ! wait_until 10 $kasd "kas gateway" http_ok "$url" -H "@$TMP/auth.header"; then
@@ -380,6 +403,40 @@ kas_up() {
     return 1
   fi
   add_path kas "$url" "kasd=$kasd agentd=$agentd" "-s $TMP/auth.lua"
+}
+
+# handler_up: a kasd of its own (as kas_up's) and handler_agent, with the
+# agent token of the kas path, serving "hello" from an HTTP handler that
+# answers every request with exactly the upstream's body
+# ($TMP/expected.body): the same request, response body and tunnel as the
+# kas path, with the agent answering in-process instead of proxying to the
+# upstream. Adds the path "handler" (CPU: kasd + handler_agent).
+handler_up() {
+  local kasd agent url conns_arg=() ca_arg=()
+  if [ ! -x "$HANDLER_AGENT" ]; then
+    log "handler: missing $HANDLER_AGENT (build it: ninja -C $BUILD bench/handler_agent)"
+    NOTES+=("handler: not measured: no $HANDLER_AGENT")
+    return 1
+  fi
+  kas_creds || return 1
+  kasd_up kasd-handler || return 1
+  kasd=$KASD_PID
+  [ -n "$AGENT_CONNS" ] && conns_arg=(--connections "$AGENT_CONNS")
+  [ "$AGENT_TRANSPORT" = tls ] && ca_arg=(--ca-file "$TMP/kas.crt")
+  start handler_agent "$HANDLER_AGENT" \
+    --kas "$AGENT_TRANSPORT://127.0.0.1:$KASD_AGENT_PORT" \
+    --token-file "$TMP/agent.tok" --name bench-http-handler --service hello \
+    --body-file "$TMP/expected.body" --content-type text/plain --drain-grace 1 \
+    "${conns_arg[@]}" "${ca_arg[@]}"
+  agent=$LASTPID
+  wait_until 15 "$agent" handler_agent \
+    count_ge "$TMP/kasd-handler.err" 'event=agent_connected' "${AGENT_CONNS:-2}" || return 1
+  url="http://127.0.0.1:$KASD_HTTP_PORT/api/v1/agents/$KAS_AGENT_ID/services/hello/hello"
+  if ! wait_until 10 "$kasd" "handler gateway" http_ok "$url" -H "@$TMP/auth.header"; then
+    http_why "$url" -H "@$TMP/auth.header"
+    return 1
+  fi
+  add_path handler "$url" "kasd=$kasd handler_agent=$agent" "-s $TMP/auth.lua"
 }
 
 # peer_kasd NAME INSTANCE AGENT_LISTEN(0/1): one kasd of the peer pair
@@ -457,6 +514,7 @@ peer_up() {
 }
 
 PERF_PIDS=()
+PERF_FILES=()
 perf_attach() { # NAME: profile the path's processes until the timed runs end
   local name=$1 pair
   mkdir -p "$PERF_DIR"
@@ -464,6 +522,7 @@ perf_attach() { # NAME: profile the path's processes until the timed runs end
     start "perf-$name-${pair%%=*}" perf record -g -F 999 \
       -o "$PERF_DIR/$name-${pair%%=*}.data" -p "${pair#*=}"
     PERF_PIDS+=("$LASTPID")
+    PERF_FILES+=("$PERF_DIR/$name-${pair%%=*}.data")
   done
 }
 
@@ -519,10 +578,16 @@ if want peer; then
   peer_up "$UP_PORT" || FAILED+=(peer)
 fi
 
+if want handler; then
+  log "setting up handler: kasd and handler_agent (agent transport $AGENT_TRANSPORT://)"
+  handler_up || FAILED+=(handler)
+fi
+
 [ ${#PATHS[@]} -gt 0 ] || die "no path could be set up"
 
-if [ -n "$PERF_DIR" ] && [ -n "${PROCS[kas]:-}" ]; then
-  perf_attach kas
+if [ -n "$PERF_DIR" ]; then
+  [ -n "${PROCS[kas]:-}" ] && perf_attach kas
+  [ -n "${PROCS[handler]:-}" ] && perf_attach handler
 fi
 
 # ------------------------------------------------------------- measure
@@ -600,6 +665,7 @@ measure() {
   fi
   [ "$err" = 0 ] || NOTES+=("$p c=$c: wrk counted $err socket errors in one run ($reqs requests)")
   echo "$rps" >>"$f.rps"
+  echo "$reqs" >>"$f.reqs"
   echo "$p50" >>"$f.p50"
   echo "$p99" >>"$f.p99"
   awk -v t="$cpu" -v hz="$HZ" 'BEGIN { printf "%.2f\n", t / hz }' >>"$f.cpu"
@@ -667,9 +733,20 @@ label() {
     ssh) echo "ssh -R (${SSH_CIPHER:-default cipher})" ;;
     kas) echo "kas gateway -> agentd ($AGENT_TRANSPORT)" ;;
     peer) echo "peer: kas B -> kas A -> agentd ($AGENT_TRANSPORT)" ;;
+    handler) echo "kas gateway -> handler agent ($AGENT_TRANSPORT)" ;;
   esac
 }
 short() { case $1 in direct) echo direct ;; nginx) echo "nginx proxy" ;; ssh) echo "ssh -R" ;; kas) echo kas ;; esac; }
+# part_us PATH CONNS PROCESS: median over the runs of one process's CPU
+# microseconds per request ("-" when not measured).
+part_us() {
+  local f="$TMP/res/$1.c$2"
+  [ -s "$f.reqs" ] && [ -s "$f.cpuparts" ] || { echo -; return; }
+  paste -d ' ' "$f.reqs" "$f.cpuparts" | awk -v name="$3" '
+    { for (i = 2; i <= NF; i++) { split($i, kv, "=")
+        if (kv[1] == name && $1 > 0) printf "%.2f\n", kv[2] / $1 * 1e6 } }' |
+    median %.1f
+}
 # goal NAME VALUE OP LIMIT: "PASS"/"FAIL" line for a ratio.
 goal() {
   local verdict
@@ -692,7 +769,7 @@ report() {
     "------------" "----------" "----------" "----------" "----------" "-----------" "------------" "----------"
   for c in "${CONNS[@]}"; do
     drps=$(med direct "$c" rps); dp99=$(med direct "$c" p99 %.3f)
-    for p in direct nginx ssh kas peer; do
+    for p in direct nginx ssh kas peer handler; do
       want "$p" || continue
       rps=$(med "$p" "$c" rps); p50=$(med "$p" "$c" p50 %.3f); p99=$(med "$p" "$c" p99 %.3f)
       printf '| %-40s | %5s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %8s |\n' "$(label "$p")" "$c" \
@@ -709,6 +786,8 @@ report() {
   echo " connections (plus its one probe) for direct and ssh, pool refills for nginx and kas.)"
   want peer &&
     echo "(peer: CPU = kasd A + kasd B + agentd; the redis-server is not counted; up conns as for kas.)"
+  want handler &&
+    echo "(handler: CPU = its kasd + handler_agent; it has no upstream, so up conns stays 0.)"
   echo
   if want kas; then
     echo "kas against the alternatives (kas / other; req/s: higher is better for kas; p99: lower):"
@@ -788,8 +867,56 @@ report() {
     echo " runs; the commands of each run are listed under \"All runs\")"
     echo
   fi
+  if want handler; then
+    echo "handler (kas gateway -> an agent answering with an HTTP handler, same body, no upstream)"
+    echo "against the other paths (handler / other); handler / kas is the agent answering"
+    echo "in-process against agentd proxying to the upstream nginx:"
+    local k hdr sep="|------------------------|" row
+    hdr="| $(printf '%-22s' ratio) |"
+    for k in rps p99; do
+      for c in "${CONNS[@]}"; do
+        hdr+=" $(printf '%11s' "${k/rps/req\/s} c=$c") |"
+        sep+="-------------|"
+      done
+    done
+    echo "$hdr"
+    echo "$sep"
+    for p in direct kas; do
+      want "$p" || continue
+      row="| $(printf '%-22s' "handler / $(short "$p")") |"
+      for k in rps p99; do
+        for c in "${CONNS[@]}"; do
+          row+=" $(printf '%11s' "$(ratio "$(med handler "$c" $k %.4f)" "$(med "$p" "$c" $k %.4f)")") |"
+        done
+      done
+      echo "$row"
+    done
+    if want kas; then
+      for c in "${CONNS[@]}"; do
+        echo "  at c=$c: p50 $(awk -v a="$(med handler "$c" p50 %.4f)" -v b="$(med kas "$c" p50 %.4f)" \
+          'BEGIN { if (a == "nan" || b == "nan") print "-"; else printf "%+.3f ms", a - b }'), p99 $(awk \
+          -v a="$(med handler "$c" p99 %.4f)" -v b="$(med kas "$c" p99 %.4f)" \
+          'BEGIN { if (a == "nan" || b == "nan") print "-"; else printf "%+.3f ms", a - b }') (handler - kas, medians)"
+      done
+      echo
+      echo "CPU us per request (medians over the runs): kasd, the agent (agentd or handler_agent),"
+      echo "their sum, and with the upstream nginx's CPU added (kas only; handler has no upstream):"
+      printf '| %-8s | %5s | %8s | %8s | %10s | %15s |\n' path conns kasd agent "kasd+agent" "+ upstream"
+      printf '|----------|-------|----------|----------|------------|-----------------|\n'
+      for c in "${CONNS[@]}"; do
+        printf '| %-8s | %5s | %8s | %8s | %10s | %15s |\n' kas "$c" "$(part_us kas "$c" kasd)" \
+          "$(part_us kas "$c" agentd)" "$(med kas "$c" cpureq %.1f)" \
+          "$(awk -v a="$(med kas "$c" cpureq %.2f)" -v b="$(med kas "$c" upreq %.2f)" \
+            'BEGIN { if (a == "nan" || b == "nan") print "-"; else printf "%.1f", a + b }')"
+        printf '| %-8s | %5s | %8s | %8s | %10s | %15s |\n' handler "$c" "$(part_us handler "$c" kasd)" \
+          "$(part_us handler "$c" handler_agent)" "$(med handler "$c" cpureq %.1f)" \
+          "$(med handler "$c" cpureq %.1f)"
+      done
+    fi
+    echo
+  fi
   echo "All runs (req/s; p99 ms; CPU s of the path's processes per process):"
-  for p in direct nginx ssh kas peer; do
+  for p in direct nginx ssh kas peer handler; do
     for c in "${CONNS[@]}"; do
       [ -s "$TMP/res/$p.c$c.rps" ] || continue
       printf '  %-7s c=%-3s req/s %s\n' "$p" "$c" "$(tr '\n' ' ' <"$TMP/res/$p.c$c.rps")"
@@ -803,9 +930,9 @@ report() {
         printf '  %-7s c=%-3s Redis commands %s\n' "$p" "$c" "$(paste -sd '|' "$TMP/res/$p.c$c.redisparts" | sed 's/|/ | /g')"
     done
   done
-  if [ -n "$PERF_DIR" ] && [ -n "${PROCS[kas]:-}" ]; then
+  if [ -n "$PERF_DIR" ]; then
     local f
-    for f in "$PERF_DIR"/kas-kasd.data "$PERF_DIR"/kas-agentd.data; do
+    for f in "${PERF_FILES[@]}"; do
       [ -s "$f" ] || continue
       echo
       echo "perf: top functions by self time in $(basename "$f" .data) (perf report -i $f --no-children):"

@@ -505,11 +505,13 @@ static void on_goaway(kr__conn *c, uint32_t code, const uint8_t *r, size_t rl,
     l->ready = 0;
     l->a->ready--;
   }
-  if (code == KR_CODE_UNAUTHORIZED) {
-    /* Our token was refused: keep the slot, so that the close that follows
-     * schedules a retry with backoff (no reconnect storm). */
-    kr__log(KR_LOG_ERROR, "token_refused", "agent=%s peer=%s", l->a->opt.name,
-            kr__conn_peer(c));
+  if (code == KR_CODE_UNAUTHORIZED || code == KR_CODE_TIMEOUT) {
+    /* Our token was refused, or its check took too long (a kas's custom
+     * verifier that does not answer): keep the slot, so that the close
+     * that follows schedules a retry with backoff (no reconnect storm). */
+    if (code == KR_CODE_UNAUTHORIZED)
+      kr__log(KR_LOG_ERROR, "token_refused", "agent=%s peer=%s",
+              l->a->opt.name, kr__conn_peer(c));
     return;
   }
   /* Replace it now; the old link finishes its streams on its own. */
@@ -579,8 +581,14 @@ static void dial(agent_slot *slot) {
   a->links = l;
 }
 
+static void drain_cb(evutil_socket_t fd, short what, void *arg);
+
 static void retry_cb(evutil_socket_t fd, short what, void *arg) {
   agent_slot *slot = arg;
+  if (slot->a->draining && !slot->a->drain_ev) {
+    drain_cb(fd, what, slot->a); /* standing in (kr_agent_drain()) */
+    return;
+  }
   if (!slot->a->draining && !slot->link)
     dial(slot);
 }
@@ -764,7 +772,8 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg) {
 
 static void maybe_drained(kr_agent *a) {
   if (a->draining && !a->links)
-    event_active(a->drain_ev, EV_TIMEOUT, 0);
+    event_active(a->drain_ev ? a->drain_ev : a->slots[0].retry_ev, EV_TIMEOUT,
+                 0);
 }
 
 void kr_agent_drain(kr_agent *a, kr_time_us grace, kr_agent_drained_cb done,
@@ -778,24 +787,11 @@ void kr_agent_drain(kr_agent *a, kr_time_us grace, kr_agent_drained_cb done,
     event_del(a->slots[i].retry_ev);
   a->drain_ev = event_new(a->base, -1, 0, drain_cb, a);
   if (!a->drain_ev) {
-    /* No memory for the grace timer: no grace. Every connection ends at
-     * once (streams get on_close, as in kr_agent_free()) and done fires
-     * before this returns. */
+    /* No memory for the grace timer: no grace, every connection closes
+     * now. Slot 0's retry event, idle while draining, reports done. */
     for (agent_link *l = a->links; l; l = l->next)
       kr__conn_abort(l->conn, KR_CODE_SHUTDOWN, "agent shut down");
-    while (a->links) {
-      agent_link *l = a->links;
-      if (l->ready)
-        a->ready--;
-      if (l->slot)
-        l->slot->link = NULL;
-      link_unlink(a, l);
-      kr__conn_free(l->conn);
-      free(l);
-    }
-    a->drained = NULL;
-    if (done)
-      done(a, ud);
+    maybe_drained(a);
     return;
   }
   struct timeval tv = {(time_t)(grace / 1000000u),

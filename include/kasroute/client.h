@@ -18,9 +18,11 @@
  *
  * Re-entrancy: inside the client's callbacks (on_state, the stream
  * callbacks, a listing callback) every kr_stream_* function and every
- * kr_client_* function except kr_client_free() may be called.
- * kr_client_free() must not be called from inside them: break the loop
- * or defer the free to a later event (event_base_once(), event_active()).
+ * kr_client_* function may be called, kr_client_free() included: after
+ * it no callback of that client fires any more (not even the rest of the
+ * callbacks that one event would have fired), neither the client nor its
+ * streams may be used again, and the memory is released once the
+ * callback has returned.
  *
  * Name resolution (getaddrinfo) happens in kr_client_new() and blocks the
  * calling thread; use a numeric address or a local resolver on loops that
@@ -96,8 +98,13 @@ KR_API int kr_client_new(kr_client **out, struct event_base *base,
 
 /* Closes the connection at once and frees. No callback fires: open
  * streams get no on_close and pending kr_client_list_agents() callbacks
- * never run, so release their state yourself. NULL is a no-op. Must not
- * be called from inside the client's own callbacks (see above). */
+ * never run, so release their state yourself. NULL is a no-op. May be
+ * called from inside the client's own callbacks (on_state, stream
+ * callbacks, listing callbacks; see above): the connection closes and no
+ * further callback fires; the rest of the memory (the client, and the
+ * TLS or WebSocket context the closing connection still uses) is
+ * released from the loop once the callback has returned, or by
+ * event_base_free() if the loop never runs again. */
 KR_API void kr_client_free(kr_client *c);
 
 /* Opens a stream to (agent_id, service) with optional extra metadata

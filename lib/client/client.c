@@ -17,6 +17,8 @@ struct kr_client_options {
   kr__dial_opts dial; /* kas URL, token, TLS trust, keepalive */
 };
 
+typedef struct client_list client_list;
+
 struct kr_client {
   struct event_base *base;
   kr_client_options opt;
@@ -28,7 +30,22 @@ struct kr_client {
   int ready;
   int ended;
   uint32_t goaway_code; /* why kas sent GOAWAY, if it did */
+  client_list *lists;   /* kr_client_list_agents() requests pending */
+  /* Freeing from inside callbacks (kr_client_free()): depth counts the
+   * application callbacks on the stack; freed silences them; reap_ev's
+   * finalizer does the rest of the free once they have returned. */
+  int depth;
+  int freed;
+  struct event *reap_ev;
 };
+
+/* Brackets every call into the application: a kr_client_free() inside
+ * leaves c valid (freed set) until the loop reaps it. */
+static void app_enter(kr_client *c) { c->depth++; }
+static void app_leave(kr_client *c) { c->depth--; }
+
+/* reap_ev is only ever finalized (kr_client_free()); it never fires. */
+static void reap_never(evutil_socket_t fd, short what, void *arg) {}
 
 int kr_client_options_new(kr_client_options **out) {
   kr_client_options *o = calloc(1, sizeof(*o));
@@ -100,25 +117,37 @@ static kr_client *client_of(kr_stream *s) {
 
 static void t_reply(kr_stream *s, const kr_md *md, size_t n, int fin, void *ud) {
   kr_client *c = client_of(s);
-  if (c->cbs.on_reply)
-    c->cbs.on_reply(s, md, n, fin, ud);
+  if (c->freed || !c->cbs.on_reply)
+    return;
+  app_enter(c);
+  c->cbs.on_reply(s, md, n, fin, ud);
+  app_leave(c);
 }
 static void t_data(kr_stream *s, const uint8_t *p, size_t n, void *ud) {
   kr_client *c = client_of(s);
-  if (c->cbs.on_data)
-    c->cbs.on_data(s, p, n, ud);
-  else
+  if (c->freed || !c->cbs.on_data) {
     kr_stream_consume(s, n);
+    return;
+  }
+  app_enter(c);
+  c->cbs.on_data(s, p, n, ud);
+  app_leave(c);
 }
 static void t_fin(kr_stream *s, void *ud) {
   kr_client *c = client_of(s);
-  if (c->cbs.on_fin)
-    c->cbs.on_fin(s, ud);
+  if (c->freed || !c->cbs.on_fin)
+    return;
+  app_enter(c);
+  c->cbs.on_fin(s, ud);
+  app_leave(c);
 }
 static void t_writable(kr_stream *s, void *ud) {
   kr_client *c = client_of(s);
-  if (c->cbs.on_writable)
-    c->cbs.on_writable(s, ud);
+  if (c->freed || !c->cbs.on_writable)
+    return;
+  app_enter(c);
+  c->cbs.on_writable(s, ud);
+  app_leave(c);
 }
 static void t_close(kr_stream *s, uint32_t code, const uint8_t *r, size_t rl,
                     void *ud) {
@@ -126,8 +155,11 @@ static void t_close(kr_stream *s, uint32_t code, const uint8_t *r, size_t rl,
   /* Streams refused because kas rejected the credentials say so. */
   if (code == KR_CODE_REFUSED && c->goaway_code == KR_CODE_UNAUTHORIZED)
     code = KR_CODE_UNAUTHORIZED;
-  if (c->cbs.on_close)
-    c->cbs.on_close(s, code, r, rl, ud);
+  if (c->freed || !c->cbs.on_close)
+    return;
+  app_enter(c);
+  c->cbs.on_close(s, code, r, rl, ud);
+  app_leave(c);
 }
 
 static const kr__stream_handler trampoline = {t_reply, t_data, t_fin,
@@ -135,19 +167,25 @@ static const kr__stream_handler trampoline = {t_reply, t_data, t_fin,
 
 /* ------------------------------------------------------------ connection */
 
+static void state(kr_client *c, int err, const char *why) {
+  if (c->freed || !c->on_state)
+    return;
+  app_enter(c);
+  c->on_state(c, err, why, c->ud);
+  app_leave(c);
+}
+
 static void end(kr_client *c, int err, const char *why) {
   if (c->ended)
     return;
   c->ended = 1;
-  if (c->on_state)
-    c->on_state(c, err, why, c->ud);
+  state(c, err, why);
 }
 
 static void cc_ready(kr__conn *conn, const kr_md *md, size_t n, void *ud) {
   kr_client *c = ud;
   c->ready = 1;
-  if (c->on_state)
-    c->on_state(c, 0, "ready", c->ud);
+  state(c, 0, "ready");
 }
 
 static void cc_goaway(kr__conn *conn, uint32_t code, const uint8_t *r,
@@ -195,6 +233,8 @@ int kr_client_new(kr_client **out, struct event_base *base,
   c->on_state = on_state;
   c->ud = ud;
   int rc = kr__dialer_init_opts(&c->dialer, base, &o->dial, err, errlen);
+  if (rc == 0 && !(c->reap_ev = event_new(base, -1, 0, reap_never, c)))
+    rc = KR_ENOMEM;
   kr_mux_options *mo = NULL;
   if (rc == 0 && kr_mux_options_new(&mo) < 0)
     rc = KR_ENOMEM;
@@ -225,12 +265,37 @@ int kr_client_new(kr_client **out, struct event_base *base,
   return 0;
 }
 
+static void list_drop_all(kr_client *c);
+
+/* The rest of a free made inside a callback, from the loop (or from
+ * event_base_free()): the conn and its transport are gone by then, so the
+ * TLS configuration and WebSocket context they used can go too. */
+static void reap(struct event *ev, void *arg) {
+  kr_client *c = arg;
+  kr__dialer_free(&c->dialer);
+  free(c);
+}
+
+/* Inside a callback the conn defers its own end to the end of its
+ * callback section (a transport may defer its own past that), and the
+ * client stays, silent, until the reap event's finalizer runs: it must
+ * answer the trampolines still on the stack, and the dialer must outlive
+ * the transport. Outside callbacks everything goes at once. */
 void kr_client_free(kr_client *c) {
   if (!c)
     return;
+  list_drop_all(c); /* before the conn: the listings' streams die with it */
+  c->freed = 1;
   kr__conn_free(c->conn);
-  kr__dialer_free(&c->dialer); /* after the conn */
+  c->conn = NULL;
   kr__dial_opts_wipe(&c->opt.dial);
+  if (c->depth > 0 && c->reap_ev) {
+    event_free_finalize(0, c->reap_ev, reap);
+    return;
+  }
+  if (c->reap_ev)
+    event_free(c->reap_ev);
+  kr__dialer_free(&c->dialer); /* after the conn */
   free(c);
 }
 
@@ -277,23 +342,54 @@ void kr_client_close(kr_client *c) {
 /* Largest listing accepted (about 200,000 agents). */
 #define KR__CLIENT_LIST_MAX ((size_t)64 << 20)
 
-typedef struct client_list {
+struct client_list {
+  kr_client *c;
+  kr_stream *s;
+  client_list *prev, *next; /* in c->lists */
   kr_client_list_cb cb;
   void *ud;
   char *buf;
   size_t len, cap;
   int ok; /* REPLY ":status" 200 seen */
-} client_list;
+};
 
+/* Detaches l from its stream and its client. */
+static void list_unlink(client_list *l) {
+  kr__stream_set_handler(l->s, NULL);
+  kr_stream_set_user_data(l->s, NULL);
+  if (l->prev)
+    l->prev->next = l->next;
+  else
+    l->c->lists = l->next;
+  if (l->next)
+    l->next->prev = l->prev;
+}
+
+static void list_free(client_list *l) {
+  free(l->buf);
+  free(l);
+}
+
+/* kr_client_free(): pending listings end without their callback. */
+static void list_drop_all(kr_client *c) {
+  while (c->lists) {
+    client_list *l = c->lists;
+    list_unlink(l);
+    list_free(l);
+  }
+}
+
+/* Unlinked before the callback, which may free the client. */
 static void list_end(kr_stream *s, client_list *l, int err) {
-  kr__stream_set_handler(s, NULL);
-  kr_stream_set_user_data(s, NULL);
+  kr_client *c = l->c;
+  list_unlink(l);
+  app_enter(c);
   if (err == 0)
     l->cb(l->buf ? l->buf : "", l->len, 0, l->ud);
   else
     l->cb(NULL, 0, err, l->ud);
-  free(l->buf);
-  free(l);
+  app_leave(c);
+  list_free(l);
 }
 
 static void l_reply(kr_stream *s, const kr_md *md, size_t n, int fin,
@@ -356,17 +452,21 @@ int kr_client_list_agents(kr_client *c, kr_client_list_cb cb, void *ud) {
   client_list *l = calloc(1, sizeof(*l));
   if (!l)
     return KR_ENOMEM;
+  l->c = c;
   l->cb = cb;
   l->ud = ud;
   kr_md md = {(const uint8_t *)KR_MD_LIST, strlen(KR_MD_LIST),
               (const uint8_t *)"agents", 6};
-  kr_stream *s;
-  int rc = kr_stream_open(kr__conn_mux(c->conn), &md, 1, 1, l, &s);
+  int rc = kr_stream_open(kr__conn_mux(c->conn), &md, 1, 1, l, &l->s);
   if (rc < 0) {
     free(l);
     return rc;
   }
-  kr__stream_set_handler(s, &list_handler);
+  kr__stream_set_handler(l->s, &list_handler);
+  l->next = c->lists;
+  if (c->lists)
+    c->lists->prev = l;
+  c->lists = l;
   kr__conn_kick(c->conn);
   return 0;
 }

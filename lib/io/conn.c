@@ -24,7 +24,9 @@ struct kr__conn {
   int closing;  /* transport close requested */
   int closed;   /* on_closed delivered */
   int depth;    /* inside our own callbacks */
+  int in_mux;   /* inside a mux callback (also of a call we did not make) */
   int free_pending;
+  int zombie;   /* transport and timer gone; the rest waits for the loop */
   char peer[96]; /* kept past the transport, for logs */
   int fail_err;          /* why the mux failed, if it did */
   char fail_reason[300];
@@ -36,8 +38,11 @@ kr_time_us kr__now_us(void) {
   return (kr_time_us)ts.tv_sec * 1000000u + (kr_time_us)ts.tv_nsec / 1000u;
 }
 
+/* Releases everything at once: the mux (its streams die without
+ * callbacks), the transport and the events. Only where no mux call is on
+ * the stack: see conn_reap(). */
 static void conn_destroy(kr__conn *c) {
-  if (c->pump_ev)
+  if (c->pump_ev && !c->zombie)
     event_free(c->pump_ev);
   if (c->timer_ev)
     event_free(c->timer_ev);
@@ -47,20 +52,52 @@ static void conn_destroy(kr__conn *c) {
   free(c);
 }
 
-void kr__conn_free(kr__conn *c) {
-  if (!c)
-    return;
-  if (c->depth > 0) {
-    c->free_pending = 1;
-    return;
-  }
+/* The last part of a zombie's end, from the loop (or event_base_free()):
+ * by then the mux call that was on the stack has returned. */
+static void zombie_finalize(struct event *ev, void *arg) {
+  kr__conn *c = arg;
+  c->pump_ev = NULL; /* freed by libevent after this returns */
   conn_destroy(c);
 }
 
-/* Leaves a callback section; 1 if c was freed. */
+/* Ends a conn whose owner asked for the free, outside our own callback
+ * sections. Inside a mux callback of a call the conn did not make (the
+ * application's kr_stream_reset() firing on_close, say) the mux may call
+ * back again before that call returns, with this conn as its user data:
+ * the transport and the timer go now, the conn and the mux stay (silent:
+ * free_pending gates every callback) until the loop runs the pump
+ * event's finalizer. */
+static void conn_reap(kr__conn *c) {
+  if (c->in_mux == 0) {
+    conn_destroy(c);
+    return;
+  }
+  if (c->zombie)
+    return;
+  c->zombie = 1;
+  if (c->t) {
+    c->t->ops->free(c->t); /* not inside a transport callback: depth 0 */
+    c->t = NULL;
+  }
+  event_free(c->timer_ev);
+  c->timer_ev = NULL;
+  event_free_finalize(0, c->pump_ev, zombie_finalize);
+}
+
+void kr__conn_free(kr__conn *c) {
+  if (!c)
+    return;
+  c->free_pending = 1;
+  if (c->depth > 0)
+    return; /* conn_leave() ends it */
+  conn_reap(c);
+}
+
+/* Leaves a callback section; 1 if c was freed (or, inside a mux callback,
+ * is going: see conn_reap()); the caller must not touch it then. */
 static int conn_leave(kr__conn *c) {
   if (--c->depth == 0 && c->free_pending) {
-    conn_destroy(c);
+    conn_reap(c);
     return 1;
   }
   return 0;
@@ -76,6 +113,8 @@ kr__conn *kr__conn_of(const kr_stream *s) {
 }
 
 void kr__conn_kick(kr__conn *c) {
+  if (c->free_pending)
+    return; /* going: nothing more to send */
   if (!event_pending(c->pump_ev, EV_TIMEOUT, NULL))
     event_active(c->pump_ev, EV_TIMEOUT, 0);
 }
@@ -182,7 +221,9 @@ static void t_close(kr__transport *t, int err, const char *why, void *ud) {
     err = c->fail_err;
     why = c->fail_reason;
   }
-  if (c->cb.on_closed)
+  /* A stream callback above may have freed the conn: its owner is gone,
+   * so it hears nothing more. */
+  if (c->cb.on_closed && !c->free_pending)
     c->cb.on_closed(c, err, why, c->ud);
   conn_leave(c);
 }
@@ -192,69 +233,93 @@ static const kr__transport_cbs transport_cbs = {t_open, t_read, t_drain,
 
 /* --------------------------------------------------------- mux callbacks */
 
-/* The handler of s, or NULL once its conn is being freed (a free
- * requested inside a callback must silence the rest of the dispatch). */
-static const kr__stream_handler *handler_of(kr_stream *s) {
-  kr__conn *c = kr_mux_user_data(kr_stream_mux(s));
+/* Every mux callback counts itself in in_mux, so that a free the owner asks
+ * for meanwhile keeps the conn (the mux's user data) while the mux is on
+ * the stack (conn_reap()). free_pending silences the rest of the
+ * dispatch: no owner or stream callback runs after a free. */
+static void mux_enter(kr__conn *c) { c->in_mux++; }
+static void mux_leave(kr__conn *c) { c->in_mux--; }
+
+/* The handler of s, or NULL once c is being freed. */
+static const kr__stream_handler *handler_of(kr__conn *c, kr_stream *s) {
   if (c->free_pending)
     return NULL;
   return kr__stream_get_handler(s);
 }
-#define HANDLER(s) handler_of(s)
 
 static void m_hello(kr_mux *m, const kr_md *md, size_t n, void *ud) {
   kr__conn *c = ud;
+  mux_enter(c);
   if (c->cb.on_ready && !c->free_pending)
     c->cb.on_ready(c, md, n, c->ud);
+  mux_leave(c);
 }
 
 static void m_open(kr_mux *m, kr_stream *s, const kr_md *md, size_t n, int fin,
                    void *ud) {
   kr__conn *c = ud;
+  mux_enter(c);
   if (c->free_pending)
     kr_stream_reset(s, KR_CODE_REFUSED, "connection closing");
   else if (c->cb.on_stream)
     c->cb.on_stream(c, s, md, n, fin, c->ud);
   else
     kr_stream_reset(s, KR_CODE_REFUSED, "this end accepts no streams");
+  mux_leave(c);
 }
 
 static void m_reply(kr_stream *s, const kr_md *md, size_t n, int fin, void *ud) {
-  const kr__stream_handler *h = HANDLER(s);
+  kr__conn *c = ud;
+  mux_enter(c);
+  const kr__stream_handler *h = handler_of(c, s);
   if (h && h->on_reply)
     h->on_reply(s, md, n, fin, kr_stream_user_data(s));
+  mux_leave(c);
 }
 
 static void m_data(kr_stream *s, const uint8_t *p, size_t n, void *ud) {
-  const kr__stream_handler *h = HANDLER(s);
+  kr__conn *c = ud;
+  mux_enter(c);
+  const kr__stream_handler *h = handler_of(c, s);
   if (h && h->on_data)
     h->on_data(s, p, n, kr_stream_user_data(s));
   else
     kr_stream_consume(s, n);
+  mux_leave(c);
 }
 
 static void m_fin(kr_stream *s, void *ud) {
-  const kr__stream_handler *h = HANDLER(s);
+  kr__conn *c = ud;
+  mux_enter(c);
+  const kr__stream_handler *h = handler_of(c, s);
   if (h && h->on_fin)
     h->on_fin(s, kr_stream_user_data(s));
+  mux_leave(c);
 }
 
 static void m_writable(kr_stream *s, void *ud) {
-  const kr__stream_handler *h = HANDLER(s);
+  kr__conn *c = ud;
+  mux_enter(c);
+  const kr__stream_handler *h = handler_of(c, s);
   if (h && h->on_writable)
     h->on_writable(s, kr_stream_user_data(s));
+  mux_leave(c);
 }
 
 static void m_close(kr_stream *s, uint32_t code, const uint8_t *r, size_t rl,
                     void *ud) {
-  const kr__stream_handler *h = HANDLER(s);
+  kr__conn *c = ud;
+  mux_enter(c);
+  const kr__stream_handler *h = handler_of(c, s);
   if (h && h->on_close)
     h->on_close(s, code, r, rl, kr_stream_user_data(s));
+  mux_leave(c);
 }
 
 static void m_goaway(kr_mux *m, int remote, uint32_t code, const uint8_t *r,
                      size_t rl, void *ud) {
   kr__conn *c = ud;
+  mux_enter(c);
   /* Remember why this side ended the connection, for on_closed. */
   if (!remote && code != KR_CODE_NO_ERROR && code != KR_CODE_SHUTDOWN &&
       !c->fail_err) {
@@ -264,16 +329,24 @@ static void m_goaway(kr_mux *m, int remote, uint32_t code, const uint8_t *r,
   }
   if (remote && c->cb.on_goaway && !c->free_pending)
     c->cb.on_goaway(c, code, r, rl, c->ud);
+  mux_leave(c);
 }
 
 static void m_ping(kr_mux *m, kr_time_us rtt, void *ud) {
   kr__conn *c = ud;
+  mux_enter(c);
   if (c->cb.on_ping && !c->free_pending)
     c->cb.on_ping(c, rtt, c->ud);
+  mux_leave(c);
 }
 
-/* Any write on any stream of this conn schedules one pump. */
-static void output_hook(kr_mux *m, void *ud) { kr__conn_kick(ud); }
+/* Any write on any stream of this conn schedules one pump (none once the
+ * conn is going: its pump event may be gone already). */
+static void output_hook(kr_mux *m, void *ud) {
+  kr__conn *c = ud;
+  if (!c->free_pending)
+    kr__conn_kick(c);
+}
 
 static void nop_open(kr__transport *t, void *ud) {}
 static void nop_read(kr__transport *t, const uint8_t *p, size_t n, void *ud) {}

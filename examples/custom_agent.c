@@ -172,6 +172,15 @@ static void respond_405(kr_http_exchange *x) {
     kr_http_abort(x, "cannot send the response");
 }
 
+/* A whole response; when it cannot be sent (out of memory) the exchange
+ * is aborted, so that it never stays unanswered. */
+static void respond_or_abort(kr_http_exchange *x, int status,
+                             const char *type, const void *body, size_t len) {
+  int e = kr_http_respond_body(x, status, type, body, len);
+  if (e < 0 && e != KR_ECLOSED)
+    kr_http_abort(x, kr_strerror(e));
+}
+
 static void sysinfo_request(kr_http_exchange *x, void *service_data) {
   struct app *a = service_data;
   if (strcmp(kr_http_method(x), "GET") != 0) {
@@ -182,7 +191,7 @@ static void sysinfo_request(kr_http_exchange *x, void *service_data) {
   struct sysinfo si;
   if (gethostname(host, sizeof host - 1) < 0 || sysinfo(&si) < 0) {
     static const char msg[] = "cannot read the system state\n";
-    kr_http_respond_body(x, 500, "text/plain", msg, sizeof msg - 1);
+    respond_or_abort(x, 500, "text/plain", msg, sizeof msg - 1);
     return;
   }
   char now[32];
@@ -202,13 +211,11 @@ static void sysinfo_request(kr_http_exchange *x, void *service_data) {
   json_decref(doc);
   if (!body) {
     static const char msg[] = "cannot encode the document\n";
-    kr_http_respond_body(x, 500, "text/plain", msg, sizeof msg - 1);
+    respond_or_abort(x, 500, "text/plain", msg, sizeof msg - 1);
     return;
   }
-  int e = kr_http_respond_body(x, 200, "application/json", body, strlen(body));
+  respond_or_abort(x, 200, "application/json", body, strlen(body));
   free(body);
-  if (e < 0 && e != KR_ECLOSED)
-    kr_http_abort(x, kr_strerror(e));
 }
 
 /* ---------------------------------------------------------------- exec */

@@ -31,7 +31,7 @@
  * freed with kr_kas_free(), followed by the program's own events and the
  * loop itself. Exit status 0 after a clean stop, 1 on a setup error.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* explicit_bzero, POSIX 2008 */
 
 #include <kasroute/kasroute.h>
 
@@ -53,7 +53,8 @@ struct app {
   struct event *tick;     /* the program's own periodic work */
   struct event *deadline; /* --seconds */
   struct event *sigint, *sigterm;
-  const char *token_dir; /* --agent-token-dir */
+  const char *token_dir;   /* --agent-token-dir */
+  struct lookup *lookups;  /* verifications in progress */
   int stopping;
 };
 
@@ -82,12 +83,16 @@ static long read_secret(const char *path, uint8_t *buf, size_t cap) {
 #define MAX_TOKEN 4096
 
 /* One verification in progress: the token is copied (the library's bytes
- * are valid only during the callback) and wiped when done. */
+ * are valid only during the callback) and wiped when done. Lookups are
+ * listed on the app, so that those still waiting when the program stops
+ * are completed and wiped too. */
 struct lookup {
-  const char *dir;
+  struct app *app;
+  struct event *ev; /* the lookup, one loop iteration later */
   kr_kas_auth *req;
   size_t len;
   uint8_t token[MAX_TOKEN];
+  struct lookup *next;
 };
 
 /* Compares without an early exit, so that timing does not reveal how much
@@ -119,9 +124,27 @@ static int64_t find_agent(const char *dir, const uint8_t *token, size_t len) {
     if (n > 0 && same_token(buf, (size_t)n, token, len))
       found = id; /* keep going: every lookup costs the same */
   }
-  memset(buf, 0, sizeof buf);
+  explicit_bzero(buf, sizeof buf);
   closedir(d);
   return found;
+}
+
+/* Completes l's request with a denial (or the verdict, when id > 0),
+ * then wipes and frees l. */
+static void lookup_end(struct lookup *l, int64_t id) {
+  struct lookup **p = &l->app->lookups;
+  while (*p != l)
+    p = &(*p)->next;
+  *p = l->next;
+  /* A request whose connection went away still needs completing (that
+   * frees it); the answer just reaches nobody. */
+  if (id > 0 && kr_kas_auth_set_agent_id(l->req, id) == 0)
+    kr_kas_auth_allow(l->req);
+  else
+    kr_kas_auth_deny(l->req, "unknown agent token");
+  explicit_bzero(l->token, sizeof l->token);
+  event_free(l->ev);
+  free(l);
 }
 
 /* The verdict, one loop iteration after the question. */
@@ -129,38 +152,31 @@ static void on_lookup_done(evutil_socket_t fd, short what, void *arg) {
   struct lookup *l = arg;
   (void)fd;
   (void)what;
-  /* A connection that went away meanwhile still needs its request
-   * completed (that frees it); the answer just reaches nobody. */
-  int64_t id = kr_kas_auth_cancelled(l->req) ? 0
-                                             : find_agent(l->dir, l->token,
-                                                          l->len);
-  if (id > 0 && kr_kas_auth_set_agent_id(l->req, id) == 0)
-    kr_kas_auth_allow(l->req);
-  else
-    kr_kas_auth_deny(l->req, "unknown agent token");
-  memset(l->token, 0, sizeof l->token);
-  free(l);
+  lookup_end(l, kr_kas_auth_cancelled(l->req)
+                    ? 0
+                    : find_agent(l->app->token_dir, l->token, l->len));
 }
 
 /* kr_kas_verify_cb: the library asks; the answer comes later. */
 static void verify_agent(kr_kas_auth *req, const uint8_t *token, size_t len,
                          void *user_data) {
-  struct event_base *base = ((struct app *)user_data)->base;
-  struct lookup *l = len <= MAX_TOKEN ? malloc(sizeof *l) : NULL;
-  struct timeval now = {0, 0};
-  if (!l) {
+  struct app *a = user_data;
+  struct lookup *l = len <= MAX_TOKEN ? calloc(1, sizeof *l) : NULL;
+  if (l)
+    l->ev = evtimer_new(a->base, on_lookup_done, l);
+  if (!l || !l->ev) {
+    free(l);
     kr_kas_auth_deny(req, len > MAX_TOKEN ? "token too long" : "busy");
     return;
   }
-  l->dir = ((struct app *)user_data)->token_dir;
+  l->app = a;
   l->req = req;
   l->len = len;
   memcpy(l->token, token, len);
-  if (event_base_once(base, -1, EV_TIMEOUT, on_lookup_done, l, &now) != 0) {
-    memset(l->token, 0, sizeof l->token);
-    free(l);
-    kr_kas_auth_deny(req, "busy");
-  }
+  l->next = a->lookups;
+  a->lookups = l;
+  struct timeval now = {0, 0};
+  evtimer_add(l->ev, &now);
 }
 
 /* ------------------------------------------------------ the host's work */
@@ -263,7 +279,7 @@ int main(int argc, char **argv) {
     e = kr_kas_options_set_name(o, "embedded");
   if (!e)
     e = kr_kas_new(&a.kas, a.base, o, err, sizeof err);
-  memset(secret, 0, sizeof secret); /* the kas holds its own copy */
+  explicit_bzero(secret, sizeof secret); /* the kas holds its own copy */
   kr_kas_options_free(o);
   if (e) {
     fprintf(stderr, "embed_kas: %s: %s\n", kr_err_name(e),
@@ -300,6 +316,8 @@ out:
   /* Teardown order: the kas first (no callbacks after kr_kas_free()), then
    * the program's events, then the loop they all lived on. */
   kr_kas_free(a.kas);
+  while (a.lookups) /* verifications still waiting: completed and wiped */
+    lookup_end(a.lookups, 0);
   if (a.tick)
     event_free(a.tick);
   if (a.deadline)

@@ -143,10 +143,11 @@ KR_API int kr_kas_options_set_name(kr_kas_options *o, const char *name);
  * KR_KAS_STAT_AUTH_FAILURES, and on agent and API listeners it slows the
  * address down as failures do.
  *
- * A verification not completed within the handshake timeout (agent and
- * API listeners; none when that timeout is 0) or the HTTP request timeout
- * (gateway) fails the connection with GOAWAY TIMEOUT, or the request with
- * HTTP 504; that is not counted as a refusal. If the connection goes
+ * A verification not completed within one handshake timeout counted from
+ * the verifier call (agent and API listeners; none when that timeout is
+ * 0: the TLS and HELLO exchange before it had its own), or within the
+ * HTTP request timeout (gateway), fails the connection with GOAWAY
+ * TIMEOUT, or the request with HTTP 504; that is not counted as a refusal. If the connection goes
  * away, the request is abandoned, kr_kas_drain() starts or kr_kas_free()
  * runs first, the kr_kas_auth stays valid, must still be completed, and
  * completing it only frees it (kr_kas_auth_cancelled() tells a verifier

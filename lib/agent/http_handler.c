@@ -535,13 +535,23 @@ void kr_http_set_user_data(kr_http_exchange *x, void *user_data) {
   x->user_data = user_data;
 }
 
+/* Giving credit back can fail the whole connection (KR_ENOMEM while
+ * queueing the WINDOW frame), which ends this stream inside the call: the
+ * exchange is entered and the call counted like the other kr_http_* calls
+ * that may end the stream, so that x outlives the call and on_close is
+ * reported from the loop, never from inside kr_http_pause_body(). */
 int kr_http_pause_body(kr_http_exchange *x, int pause) {
   if (!x->s)
     return KR_ECLOSED;
   x->paused = pause ? 1 : 0;
   if (!x->paused && x->held > 0) {
-    kr_stream_consume(x->s, x->held);
+    size_t held = x->held;
     x->held = 0;
+    x_enter(x);
+    x->api++;
+    kr_stream_consume(x->s, held);
+    x->api--;
+    x_leave(x);
   }
   return 0;
 }

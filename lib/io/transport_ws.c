@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 
 #include <libwebsockets.h>
+#include <mbedtls/platform_util.h>
 
 #include <kasroute/error.h>
 #include <kasroute/mux.h>
@@ -473,6 +474,16 @@ void kr__ws_ctx_free(kr__ws_ctx *x) {
 
 /* ============================================================ transports */
 
+/* Wipes and frees the bearer token (a secret) and forgets it. */
+static void wipe_bearer(ws_transport *t) {
+  if (t->bearer) {
+    mbedtls_platform_zeroize(t->bearer, t->bearer_len);
+    free(t->bearer);
+    t->bearer = NULL;
+    t->bearer_len = 0;
+  }
+}
+
 static void release(ws_transport *t) {
   if (t->ev)
     event_free(t->ev);
@@ -481,10 +492,7 @@ static void release(ws_transport *t) {
   if (t->timer)
     event_free(t->timer);
   kr__ws_txq_free(&t->q);
-  if (t->bearer) {
-    memset(t->bearer, 0, t->bearer_len);
-    free(t->bearer);
-  }
+  wipe_bearer(t);
   free(t);
 }
 
@@ -779,6 +787,11 @@ static const kr__transport_ops ws_ops = {ws_write, ws_set_reading, ws_close,
 
 int kr__transport_is_ws(const kr__transport *t) {
   return t && t->ops == &ws_ops;
+}
+
+void kr__ws_forget_bearer(kr__transport *bt) {
+  if (bt && kr__transport_is_ws(bt))
+    wipe_bearer((ws_transport *)bt);
 }
 
 const char *kr__ws_bearer(const kr__transport *bt, size_t *len) {

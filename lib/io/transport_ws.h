@@ -106,9 +106,15 @@ int kr__ws_connect(kr__ws_ctx *x, const kr__url *u, const char *bearer,
 int kr__transport_is_ws(const kr__transport *t);
 
 /* Server side: the bearer token the peer sent in its upgrade request
- * (after "Bearer ", without the scheme), valid until t is freed; NULL when
+ * (after "Bearer ", without the scheme), valid until t is freed or
+ * kr__ws_forget_bearer(); NULL when
  * none was sent or t is not a WebSocket transport. Secret: never log it. */
 const char *kr__ws_bearer(const kr__transport *t, size_t *len);
+
+/* Server side: wipes the bearer token once it was checked, so that the
+ * secret does not stay in memory for the connection's life. No-op for
+ * other transports. */
+void kr__ws_forget_bearer(kr__transport *t);
 
 /* ------------------------------------------------ framing (for tests) */
 

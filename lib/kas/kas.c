@@ -509,8 +509,14 @@ static void agent_verified(const kr__auth_verdict *v, void *ud) {
     verify_timed_out(kc);
 }
 
+/* The longest agent token a WebSocket upgrade can carry (transport_ws.c
+ * keeps bearers up to 8 KiB). */
+#define KR__AGENT_MAX_TOKEN 8192
+
+static void agent_check(kas_conn *kc, const char *token, size_t token_len);
+
+/* HELLO of an agent connection: its replica name, then its token. */
 static void agent_ready(kas_conn *kc, const kr_md *md, size_t n) {
-  kr_kas *k = kc->k;
   const kr_md *tok = md_find(md, n, KR_MD_TOKEN);
   const kr_md *name = md_find(md, n, KR_MD_NAME);
   /* The replica name first: HELLO's metadata is gone once a verification
@@ -529,12 +535,30 @@ static void agent_ready(kas_conn *kc, const kr_md *md, size_t n) {
     if (*p < 0x21 || *p > 0x7e)
       *p = '_';
   /* The token comes in HELLO, or as "Authorization: Bearer" on the
-   * WebSocket upgrade. */
+   * WebSocket upgrade. The transport's copy of a bearer is wiped here:
+   * the check below uses a copy on the stack, wiped when it returns, so
+   * the secret does not stay in memory for the connection's life. */
   const char *token = tok ? (const char *)tok->value : NULL;
   size_t token_len = tok ? tok->value_len : 0;
   kr__transport *t = kr__conn_transport(kc->conn);
-  if (!token && t && kr__transport_is_ws(t))
-    token = kr__ws_bearer(t, &token_len);
+  char bearer[KR__AGENT_MAX_TOKEN];
+  if (!token && t && kr__transport_is_ws(t)) {
+    const char *b = kr__ws_bearer(t, &token_len);
+    if (b && token_len <= sizeof(bearer)) {
+      memcpy(bearer, b, token_len);
+      token = bearer;
+    }
+    kr__ws_forget_bearer(t);
+  }
+  agent_check(kc, token, token ? token_len : 0);
+  if (token == bearer)
+    mbedtls_platform_zeroize(bearer, token_len);
+}
+
+/* Checks an agent's token (token_len 0: none): the token table, then the
+ * custom verifier. */
+static void agent_check(kas_conn *kc, const char *token, size_t token_len) {
+  kr_kas *k = kc->k;
   if (!token || token_len == 0) {
     refuse(kc, "agent token", "no token presented");
     return;

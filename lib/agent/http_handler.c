@@ -214,24 +214,6 @@ static void lower_copy(char *out, const uint8_t *name, size_t n) {
   out[n] = 0;
 }
 
-/* 1 if the comma-separated list v[0..n) names token (any case). */
-static int lists_token(const uint8_t *v, size_t n, const char *token) {
-  size_t tl = strlen(token), i = 0;
-  while (i < n) {
-    while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-      i++;
-    size_t start = i;
-    while (i < n && v[i] != ',')
-      i++;
-    size_t end = i;
-    while (end > start && (v[end - 1] == ' ' || v[end - 1] == '\t'))
-      end--;
-    if (end - start == tl &&
-        strncasecmp((const char *)v + start, token, tl) == 0)
-      return 1;
-  }
-  return 0;
-}
 
 /* ----------------------------------------------------------- the request */
 
@@ -309,7 +291,7 @@ static int copy_request(kr_http_exchange *x, const kr_md *md, size_t n,
       if (strcmp(name, "upgrade") == 0 && f->value_len > 0)
         has_upgrade = 1;
       if (strcmp(name, "connection") == 0 &&
-          lists_token(f->value, f->value_len, "upgrade"))
+          kr__http_list_has(f->value, f->value_len, "upgrade", 7))
         conn_upgrade = 1;
     }
   }

@@ -774,24 +774,6 @@ static int md_name_is(const kr_md *m, const char *name) {
   return m->name_len == l && strncasecmp((const char *)m->name, name, l) == 0;
 }
 
-/* 1 if a comma-separated field value lists token (case-insensitive). */
-static int lists_token(const uint8_t *v, size_t n, const char *token) {
-  size_t tl = strlen(token), i = 0;
-  while (i < n) {
-    while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-      i++;
-    size_t start = i;
-    while (i < n && v[i] != ',')
-      i++;
-    size_t end = i;
-    while (end > start && (v[end - 1] == ' ' || v[end - 1] == '\t'))
-      end--;
-    if (end - start == tl &&
-        strncasecmp((const char *)v + start, token, tl) == 0)
-      return 1;
-  }
-  return 0;
-}
 
 static int parse_length(const kr_md *m, uint64_t *out) {
   if (m->value_len == 0 || m->value_len > 18)
@@ -849,7 +831,7 @@ static int build_head(hs_exchange *hx, const kr_md *md, size_t n, int fin,
     if (md_name_is(&md[i], "upgrade") && !upgrade)
       upgrade = &md[i];
     else if (md_name_is(&md[i], "connection") &&
-             lists_token(md[i].value, md[i].value_len, "upgrade"))
+             kr__http_list_has(md[i].value, md[i].value_len, "upgrade", 7))
       conn_upgrade = 1;
   }
   hx->is_upgrade = upgrade && conn_upgrade && upgrade->value_len > 0;

@@ -123,9 +123,8 @@ static int name_is(const char *name, size_t len, const char *lit) {
   return len == n && memcmp(name, lit, n) == 0;
 }
 
-/* 1 if the comma-separated list v[0..n) (optional blanks around items)
- * contains the token name[0..len), compared ignoring case. */
-static int list_has(const uint8_t *v, size_t n, const char *name, size_t len) {
+int kr__http_list_has(const uint8_t *v, size_t n, const char *name,
+                      size_t len) {
   size_t i = 0;
   while (i < n) {
     size_t j = i;
@@ -157,7 +156,7 @@ int kr__http_is_hop_by_hop(const char *name, size_t name_len,
     return 0;
   for (size_t i = 0; i < n; i++) {
     if (kr__md_is(&fields[i], "connection") &&
-        list_has(fields[i].value, fields[i].value_len, name, name_len))
+        kr__http_list_has(fields[i].value, fields[i].value_len, name, name_len))
       return 1;
   }
   return 0;

@@ -59,6 +59,12 @@ const kr_md *kr__md_find(const kr_md *md, size_t n, const char *name);
 /* 1 if entry m is named name. */
 int kr__md_is(const kr_md *m, const char *name);
 
+/* 1 if the comma-separated field value v[0..n) (optional blanks around
+ * items, empty items allowed) lists the token name[0..len) (lower case),
+ * compared ignoring case: "connection: keep-alive, Upgrade". */
+int kr__http_list_has(const uint8_t *v, size_t n, const char *name,
+                      size_t len);
+
 /* 1 if a header field (lower-case name) is hop-by-hop for a proxy: the
  * fixed set of RFC 9110 section 7.6.1 (connection, keep-alive,
  * proxy-connection, te, trailer, transfer-encoding, upgrade) plus every

@@ -214,7 +214,6 @@ static void lower_copy(char *out, const uint8_t *name, size_t n) {
   out[n] = 0;
 }
 
-
 /* ----------------------------------------------------------- the request */
 
 /* Copies the request head out of the OPEN into x. Returns 0, KR_EPROTO

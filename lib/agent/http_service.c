@@ -774,7 +774,6 @@ static int md_name_is(const kr_md *m, const char *name) {
   return m->name_len == l && strncasecmp((const char *)m->name, name, l) == 0;
 }
 
-
 static int parse_length(const kr_md *m, uint64_t *out) {
   if (m->value_len == 0 || m->value_len > 18)
     return -1;

@@ -9,6 +9,8 @@
  * output is deterministic: rerunning it rewrites the same bytes.
  * fuzz/corpus/fuzz_http_request/ and fuzz_http_response/ get HTTP/1.1
  * message streams behind the configuration and seed bytes of fuzz_http.h.
+ * fuzz/corpus/fuzz_http_handler_request/ gets OPEN metadata blocks: HTTP
+ * requests as kas and other openers send them to an HTTP handler.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -397,6 +399,80 @@ static void http_corpus(void) {
             "0\r\n\r\n");
 }
 
+/* Writes md[0..n) as one metadata block (an OPEN payload). */
+static void md_seed(const char *target, const char *name, const kr_md *md,
+                    size_t n) {
+  seed s;
+  s.n = kr__md_size(md, n);
+  if (s.n == 0 || s.n > sizeof s.b)
+    exit(1);
+  kr__md_encode(s.b, md, n);
+  seed_write(target, name, &s);
+}
+
+#define MD_SEED(t, name, ...)                                                  \
+  do {                                                                         \
+    static const kr_md md_[] = {__VA_ARGS__};                                  \
+    md_seed(t, name, md_, sizeof md_ / sizeof md_[0]);                         \
+  } while (0)
+
+static void handler_request_corpus(void) {
+  const char *t = "fuzz_http_handler_request";
+  MD_SEED(t, "get", FZ_MD(":agent", "42"), FZ_MD(":service", "web"),
+          FZ_MD(":method", "GET"), FZ_MD(":path", "/api/x?y=1&z=%20"),
+          FZ_MD("host", "kas.example"), FZ_MD("User-Agent", "curl/8"),
+          FZ_MD("accept", "*/*"), FZ_MD("X-Empty", ""),
+          FZ_MD("accept", "text/plain"));
+  MD_SEED(t, "head", FZ_MD(":service", "web"), FZ_MD(":method", "HEAD"),
+          FZ_MD(":path", "/"), FZ_MD("Content-Length", "10"));
+  MD_SEED(t, "identity", FZ_MD(":method", "POST"), FZ_MD(":path", "/submit"),
+          FZ_MD(":user", "alice@example"), FZ_MD("content-type", "a/b"),
+          FZ_MD(":group", "dev"), FZ_MD(":group", "system:authenticated"),
+          FZ_MD(":user", "second-user-ignored"), FZ_MD(":group", "ops"));
+  MD_SEED(t, "empty_user", FZ_MD(":method", "GET"), FZ_MD(":path", "/"),
+          FZ_MD(":user", ""), FZ_MD(":user", "bob"));
+  MD_SEED(t, "upgrade_ws", FZ_MD(":method", "GET"), FZ_MD(":path", "/ws"),
+          FZ_MD("Host", "h"), FZ_MD("Connection", "keep-alive, Upgrade"),
+          FZ_MD("Upgrade", "websocket"), FZ_MD("Sec-WebSocket-Key", "x=="),
+          FZ_MD("Keep-Alive", "timeout=5"), FZ_MD("connection", "x-hop"),
+          FZ_MD("x-hop", "dropped"), FZ_MD("Sec-WebSocket-Version", "13"));
+  MD_SEED(t, "upgrade_spdy", FZ_MD(":method", "POST"),
+          FZ_MD(":path", "/api/v1/namespaces/d/pods/p/exec?command=sh"),
+          FZ_MD(":user", "kube-admin"), FZ_MD(":group", "system:masters"),
+          FZ_MD("connection", "Upgrade"), FZ_MD("upgrade", "SPDY/3.1"),
+          FZ_MD("x-stream-protocol-version", "v4.channel.k8s.io"),
+          FZ_MD("upgrade", ""));
+  MD_SEED(t, "upgrade_no_connection", FZ_MD(":method", "GET"),
+          FZ_MD(":path", "/"), FZ_MD("upgrade", "h2c"),
+          FZ_MD("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"));
+  MD_SEED(t, "hop_by_hop", FZ_MD(":method", "PUT"), FZ_MD(":path", "/f"),
+          FZ_MD("Connection", "close, X-Secret,,"), FZ_MD("X-Secret", "s"),
+          FZ_MD("TE", "trailers"), FZ_MD("Transfer-Encoding", "chunked"),
+          FZ_MD("Proxy-Connection", "keep-alive"), FZ_MD("Trailer", "x"),
+          FZ_MD("x-kept", "1"));
+  MD_SEED(t, "bad_no_path", FZ_MD(":method", "GET"), FZ_MD("host", "h"));
+  MD_SEED(t, "bad_method", FZ_MD(":method", "GE T"), FZ_MD(":path", "/"));
+  MD_SEED(t, "bad_path_relative", FZ_MD(":method", "GET"),
+          FZ_MD(":path", "x/y"));
+  MD_SEED(t, "bad_path_ctl", FZ_MD(":method", "GET"), FZ_MD(":path", "/a\x7f"));
+  MD_SEED(t, "bad_field_name", FZ_MD(":method", "GET"), FZ_MD(":path", "/"),
+          FZ_MD("bad name", "v"));
+  MD_SEED(t, "bad_field_value", FZ_MD(":method", "GET"), FZ_MD(":path", "/"),
+          FZ_MD("x", "a\r\nInjected: 1"));
+  MD_SEED(t, "bad_user", FZ_MD(":method", "GET"), FZ_MD(":path", "/"),
+          FZ_MD(":user", "eve\nadmin"));
+  MD_SEED(t, "bad_group_empty", FZ_MD(":method", "GET"), FZ_MD(":path", "/"),
+          FZ_MD(":group", "dev"), FZ_MD(":group", ""));
+
+  /* Over the 256-entry limit: KR_ETOOBIG. */
+  kr_md many[300];
+  many[0] = (kr_md)FZ_MD(":method", "GET");
+  many[1] = (kr_md)FZ_MD(":path", "/");
+  for (size_t i = 2; i < sizeof many / sizeof many[0]; i++)
+    many[i] = (kr_md)FZ_MD("a", "");
+  md_seed(t, "too_many_fields", many, sizeof many / sizeof many[0]);
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: %s CORPUS_DIR (e.g. fuzz/corpus)\n", argv[0]);
@@ -410,5 +486,6 @@ int main(int argc, char **argv) {
   frame_corpus();
   mux_corpus();
   http_corpus();
+  handler_request_corpus();
   return g_failed;
 }

@@ -4,8 +4,9 @@
  *
  * One kr_http_exchange per stream. The agent installs
  * kr__http_handler_stream for the service; h_open copies the request head
- * out of the OPEN, makes the exchange the stream's user data and calls
- * on_request. Later stream callbacks arrive here with the exchange.
+ * out of the OPEN (http_request.h), makes the exchange the stream's user
+ * data and calls on_request. Later stream callbacks arrive here with the
+ * exchange.
  *
  * Lifetime: every entry point (stream callback, the deferred-FIN event,
  * the kr_http_* calls that may end the stream) brackets its work with
@@ -29,7 +30,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <kasroute/client.h>
 #include <kasroute/error.h>
@@ -37,6 +37,7 @@
 #include "core/mux_internal.h"
 #include "handler_internal.h"
 #include "http/http_map.h"
+#include "http_request.h"
 #include "io/conn.h"
 #include "io/log.h"
 
@@ -48,26 +49,18 @@ struct kr_http_exchange {
   kr_stream *s;     /* NULL once the stream ended */
   struct event *ev; /* reports a close owed to the application */
   void *user_data;
-  /* The request head, owned copies: info holds ":method", ":path", then
-   * ":user" and every ":group"; fields the end-to-end request fields
-   * (lower-case names). Values are NUL-terminated in place. */
-  kr__mdlist info;
-  kr__mdlist fields;
-  const char *user;        /* NULL: no identity */
-  size_t group0, n_groups; /* groups are info.md[group0 .. + n_groups) */
-  int upgrade;             /* the request asks to switch protocols */
-  int is_head;             /* HEAD: the response carries no body */
-  int body_open;           /* request body bytes may still arrive */
+  kr__http_request req; /* the request head (owned copies) */
+  int body_open;        /* request body bytes may still arrive */
   /* Request body credit. */
   int paused;
   size_t held; /* bytes delivered and not given back yet */
   /* Response state. */
   int replied;
-  int ended;         /* no more kr_http_write(): finished or whole body */
-  int fin_owed;      /* the FIN goes out once pending is flushed */
-  int api;           /* kr_http_* calls of the application on the stack */
-  int close_owed;    /* the stream ended inside such a call: on_close is
-                        reported from ev (listed in svc->owed) */
+  int ended;      /* no more kr_http_write(): finished or whole body */
+  int fin_owed;   /* the FIN goes out once pending is flushed */
+  int api;        /* kr_http_* calls of the application on the stack */
+  int close_owed; /* the stream ended inside such a call: on_close is
+                     reported from ev (listed in svc->owed) */
   int close_err;
   kr_http_exchange *owed_prev, *owed_next;
   int want_writable; /* a kr_http_write() was short: on_writable owed */
@@ -120,8 +113,7 @@ void kr_http_handler_set_on_close(kr_http_handler *h, kr_http_close_cb f) {
 static void x_free(kr_http_exchange *x) {
   if (x->ev)
     event_free(x->ev);
-  kr__mdlist_free(&x->info);
-  kr__mdlist_free(&x->fields);
+  kr__http_request_free(&x->req);
   free(x->pending);
   free(x);
 }
@@ -182,131 +174,6 @@ static void deliver_close(kr_http_exchange *x, int err) {
     x->svc->cbs.on_close(x, err, x->user_data);
 }
 
-/* ---------------------------------------------------------- field checks */
-
-static int is_tchar(unsigned char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         (c >= '0' && c <= '9') || (c && strchr("!#$%&'*+-.^_`|~", c));
-}
-
-static int is_token(const uint8_t *p, size_t n) {
-  if (n == 0)
-    return 0;
-  for (size_t i = 0; i < n; i++)
-    if (!is_tchar(p[i]))
-      return 0;
-  return 1;
-}
-
-/* A field value that stays one line and one C string. */
-static int value_ok(const uint8_t *p, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0')
-      return 0;
-  return 1;
-}
-
-/* Copies name[0..n) lower-cased into out and NUL-terminates it (out may
- * be name itself when a NUL follows it already). */
-static void lower_copy(char *out, const uint8_t *name, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    out[i] = (char)(name[i] >= 'A' && name[i] <= 'Z' ? name[i] + 32 : name[i]);
-  out[n] = 0;
-}
-
-/* ----------------------------------------------------------- the request */
-
-/* Copies the request head out of the OPEN into x. Returns 0, KR_EPROTO
- * (malformed: *why says how), KR_ETOOBIG (over the kr__mdlist limits) or
- * KR_ENOMEM. On failure x holds
- * partial copies that x_free() releases. */
-static int copy_request(kr_http_exchange *x, const kr_md *md, size_t n,
-                        const char **why) {
-  const kr_md *method = kr__md_find(md, n, KR_MD_METHOD);
-  const kr_md *path = kr__md_find(md, n, KR_MD_PATH);
-  *why = "an HTTP stream needs :method and :path";
-  if (!method || !path)
-    return KR_EPROTO;
-  *why = "invalid :method";
-  if (!is_token(method->value, method->value_len))
-    return KR_EPROTO;
-  *why = ":path must start with '/'";
-  if (path->value_len == 0 || path->value[0] != '/')
-    return KR_EPROTO;
-  *why = "invalid byte in :path";
-  for (size_t i = 0; i < path->value_len; i++)
-    if (path->value[i] <= 0x20 || path->value[i] == 0x7f)
-      return KR_EPROTO;
-  int rc = kr__mdlist_add(&x->info, method->name, method->name_len,
-                          method->value, method->value_len);
-  if (rc == 0)
-    rc = kr__mdlist_add(&x->info, path->name, path->name_len, path->value,
-                        path->value_len);
-  const kr_md *user = kr__md_find(md, n, KR_MD_USER);
-  if (rc == 0 && user && user->value_len > 0) {
-    *why = "invalid :user";
-    if (!value_ok(user->value, user->value_len))
-      return KR_EPROTO;
-    rc = kr__mdlist_add(&x->info, user->name, user->name_len, user->value,
-                        user->value_len);
-  }
-  x->group0 = x->info.n;
-  for (size_t i = 0; rc == 0 && i < n; i++) {
-    if (!kr__md_is(&md[i], KR_MD_GROUP))
-      continue;
-    *why = "invalid :group";
-    if (md[i].value_len == 0 || !value_ok(md[i].value, md[i].value_len))
-      return KR_EPROTO;
-    rc = kr__mdlist_add(&x->info, md[i].name, md[i].name_len, md[i].value,
-                        md[i].value_len);
-  }
-  if (rc < 0)
-    return rc;
-  x->n_groups = x->info.n - x->group0;
-  x->is_head = strcmp((const char *)x->info.md[0].value, "HEAD") == 0;
-  if (user && user->value_len > 0)
-    x->user = (const char *)x->info.md[2].value;
-
-  /* The fields, lower-cased, then without the hop-by-hop ones (openers
-   * other than the kas gateway are not trusted to have dropped them). */
-  kr__mdlist all;
-  kr__mdlist_init(&all);
-  int has_upgrade = 0, conn_upgrade = 0;
-  for (size_t i = 0; rc == 0 && i < n; i++) {
-    const kr_md *f = &md[i];
-    if (f->name_len > 0 && f->name[0] == ':')
-      continue;
-    if (!is_token(f->name, f->name_len)) {
-      *why = "invalid request field name";
-      rc = KR_EPROTO;
-    } else if (!value_ok(f->value, f->value_len)) {
-      *why = "invalid request field value";
-      rc = KR_EPROTO;
-    } else if ((rc = kr__mdlist_add(&all, f->name, f->name_len, f->value,
-                                    f->value_len)) == 0) {
-      /* The copy is ours: lower-case its name in place. */
-      char *name = (char *)all.md[all.n - 1].name;
-      lower_copy(name, (const uint8_t *)name, f->name_len);
-      if (strcmp(name, "upgrade") == 0 && f->value_len > 0)
-        has_upgrade = 1;
-      if (strcmp(name, "connection") == 0 &&
-          kr__http_list_has(f->value, f->value_len, "upgrade", 7))
-        conn_upgrade = 1;
-    }
-  }
-  x->upgrade = has_upgrade && conn_upgrade;
-  if (rc == 0) {
-    kr__http_head h;
-    memset(&h, 0, sizeof(h));
-    h.fields = all.md;
-    h.n_fields = all.n;
-    h.upgrade = x->upgrade;
-    rc = kr__http_copy_fields(&x->fields, &h, NULL, NULL);
-  }
-  kr__mdlist_free(&all);
-  return rc;
-}
-
 /* ------------------------------------------------------- stream handler */
 
 static void end_cb(evutil_socket_t fd, short what, void *arg);
@@ -319,14 +186,12 @@ static void h_open(kr_stream *s, const kr_md *md, size_t n, int fin,
     refuse(s, KR_CODE_INTERNAL, "out of memory");
     return;
   }
-  kr__mdlist_init(&x->info);
-  kr__mdlist_init(&x->fields);
   x->svc = svc;
   x->s = s;
   x->user_data = svc->service_data;
   x->body_open = !fin;
   const char *why = "out of memory";
-  int rc = copy_request(x, md, n, &why);
+  int rc = kr__http_request_parse(&x->req, md, n, &why);
   if (rc == 0 &&
       !(x->ev = event_new(kr__conn_base(kr__conn_of(s)), -1, 0, end_cb, x)))
     rc = KR_ENOMEM;
@@ -455,53 +320,36 @@ const struct kr_handler kr__http_handler_stream = {
 /* -------------------------------------------------------------- request */
 
 const char *kr_http_method(const kr_http_exchange *x) {
-  return (const char *)x->info.md[0].value;
+  return x->req.method;
 }
 
 const char *kr_http_path(const kr_http_exchange *x) {
-  return (const char *)x->info.md[1].value;
+  return x->req.path;
 }
 
 const char *kr_http_header(const kr_http_exchange *x, const char *name) {
-  if (!name)
-    return NULL;
-  size_t len = strlen(name);
-  for (size_t i = 0; i < x->fields.n; i++) {
-    const kr_md *f = &x->fields.md[i];
-    if (f->name_len == len &&
-        strncasecmp((const char *)f->name, name, len) == 0)
-      return (const char *)f->value;
-  }
-  return NULL;
+  return kr__http_request_header(&x->req, name);
 }
 
 size_t kr_http_header_count(const kr_http_exchange *x) {
-  return x->fields.n;
+  return x->req.fields.n;
 }
 
 int kr_http_header_at(const kr_http_exchange *x, size_t i, const char **name,
                       const char **value) {
-  if (i >= x->fields.n)
-    return KR_EINVAL;
-  if (name)
-    *name = (const char *)x->fields.md[i].name;
-  if (value)
-    *value = (const char *)x->fields.md[i].value;
-  return 0;
+  return kr__http_request_header_at(&x->req, i, name, value);
 }
 
 const char *kr_http_user(const kr_http_exchange *x) {
-  return x->user;
+  return x->req.user;
 }
 
 size_t kr_http_group_count(const kr_http_exchange *x) {
-  return x->n_groups;
+  return x->req.n_groups;
 }
 
 const char *kr_http_group_at(const kr_http_exchange *x, size_t i) {
-  if (i >= x->n_groups)
-    return NULL;
-  return (const char *)x->info.md[x->group0 + i].value;
+  return kr__http_request_group(&x->req, i);
 }
 
 int kr_http_has_body(const kr_http_exchange *x) {
@@ -564,7 +412,7 @@ static int respond_head(kr_http_exchange *x, int status, const kr_md *fields,
     return KR_ESTATE; /* also when the stream just ended (close owed) */
   if (!x->s)
     return KR_ECLOSED;
-  if (status == 101 ? !x->upgrade : (status < 200 || status > 599))
+  if (status == 101 ? !x->req.upgrade : (status < 200 || status > 599))
     return KR_EINVAL;
   if (n > 0 && !fields)
     return KR_EINVAL;
@@ -576,13 +424,14 @@ static int respond_head(kr_http_exchange *x, int status, const kr_md *fields,
   for (size_t i = 0; rc == 0 && i < n; i++) {
     const kr_md *f = &fields[i];
     if (!f->name || f->name_len > HX_MAX_NAME ||
-        !is_token(f->name, f->name_len) || (f->value_len > 0 && !f->value) ||
-        !value_ok(f->value, f->value_len)) {
+        !kr__http_token_ok(f->name, f->name_len) ||
+        (f->value_len > 0 && !f->value) ||
+        !kr__http_value_ok(f->value, f->value_len)) {
       rc = KR_EINVAL; /* a reserved ":" name is not a token either */
       break;
     }
     char name[HX_MAX_NAME + 1];
-    lower_copy(name, f->name, f->name_len);
+    kr__http_lower_copy(name, f->name, f->name_len);
     rc = kr__mdlist_add(&l, name, f->name_len, f->value, f->value_len);
   }
   /* Framing is the gateway's business; it trusts one content-length. */
@@ -602,7 +451,7 @@ static int respond_head(kr_http_exchange *x, int status, const kr_md *fields,
   if (rc == 0 && cl && parse_length(cl->value, cl->value_len, &length) < 0)
     rc = KR_EINVAL;
   int counted =
-      cl && !x->is_head && status != 101 && status != 204 && status != 304;
+      cl && !x->req.is_head && status != 101 && status != 204 && status != 304;
   if (rc == 0 && end && counted && length > 0)
     rc = KR_EINVAL; /* an announced body that never comes */
   if (rc == 0)
@@ -651,7 +500,7 @@ static int respond_body(kr_http_exchange *x, int status,
     f[nf++] = (kr_md){(const uint8_t *)"content-length", 14,
                       (const uint8_t *)cl, strlen(cl)};
   }
-  size_t send = x->is_head ? 0 : len;
+  size_t send = x->req.is_head ? 0 : len;
   /* The body is copied before the head goes, so that nothing can fail
    * once the response has started. */
   uint8_t *copy = NULL;

@@ -10,27 +10,6 @@
 
 /* ---------------------------------------------------------- field checks */
 
-static int is_tchar(unsigned char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         (c >= '0' && c <= '9') || (c && strchr("!#$%&'*+-.^_`|~", c));
-}
-
-int kr__http_token_ok(const uint8_t *p, size_t n) {
-  if (n == 0)
-    return 0;
-  for (size_t i = 0; i < n; i++)
-    if (!is_tchar(p[i]))
-      return 0;
-  return 1;
-}
-
-int kr__http_value_ok(const uint8_t *p, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0')
-      return 0;
-  return 1;
-}
-
 void kr__http_lower_copy(char *out, const uint8_t *name, size_t n) {
   for (size_t i = 0; i < n; i++)
     out[i] = (char)(name[i] >= 'A' && name[i] <= 'Z' ? name[i] + 32 : name[i]);

@@ -59,12 +59,9 @@ int kr__http_request_header_at(const kr__http_request *r, size_t i,
 /* Group i, or NULL when i >= r->n_groups. */
 const char *kr__http_request_group(const kr__http_request *r, size_t i);
 
-/* Field checks shared with the response side (http_handler.c). */
-/* 1 if p[0..n) is a non-empty RFC 9110 token. */
-int kr__http_token_ok(const uint8_t *p, size_t n);
-/* 1 if p[0..n) holds no CR, LF or NUL (one line, one C string). */
-int kr__http_value_ok(const uint8_t *p, size_t n);
-/* Copies name[0..n) lower-cased into out[0..n] with a NUL (out may be
+/* Shared with the response side (http_handler.c); the token and value
+ * checks are kr__http_token_ok() and kr__http_value_ok() (http_map.h).
+ * Copies name[0..n) lower-cased into out[0..n] with a NUL (out may be
  * name itself). */
 void kr__http_lower_copy(char *out, const uint8_t *name, size_t n);
 

@@ -755,20 +755,6 @@ static const kr__stream_handler hs_handler = {NULL, s_data, s_fin, s_writable,
 
 /* -------------------------------------------------------- request head */
 
-static int is_tchar(unsigned char ch) {
-  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-         (ch >= '0' && ch <= '9') || (ch && strchr("!#$%&'*+-.^_`|~", ch));
-}
-
-static int is_token(const uint8_t *p, size_t n) {
-  if (n == 0)
-    return 0;
-  for (size_t i = 0; i < n; i++)
-    if (!is_tchar(p[i]))
-      return 0;
-  return 1;
-}
-
 static int md_name_is(const kr_md *m, const char *name) {
   size_t l = strlen(name);
   return m->name_len == l && strncasecmp((const char *)m->name, name, l) == 0;
@@ -805,7 +791,7 @@ static int build_head(hs_exchange *hx, const kr_md *md, size_t n, int fin,
     return -1;
   }
   char meth[32];
-  if (!is_token(method->value, method->value_len) ||
+  if (!kr__http_token_ok(method->value, method->value_len) ||
       method->value_len >= sizeof(meth)) {
     hx_fail(hx, KR_CODE_PROTOCOL, "invalid :method");
     return -1;
@@ -851,7 +837,7 @@ static int build_head(hs_exchange *hx, const kr_md *md, size_t n, int fin,
     const kr_md *m = &md[i];
     if (m->name_len > 0 && m->name[0] == ':')
       continue;
-    if (!is_token(m->name, m->name_len)) {
+    if (!kr__http_token_ok(m->name, m->name_len)) {
       hx_fail(hx, KR_CODE_PROTOCOL, "invalid request field name");
       goto out;
     }

@@ -272,7 +272,7 @@ void kr__strbuf_addf(kr__strbuf *b, const char *fmt, ...) {
 
 /* RFC 9110 token characters ("!#$%&'*+-.^_`|~", digits, letters) as two
  * bitmaps of the ASCII range. */
-static int is_tchar(unsigned char c) {
+int kr__http_is_tchar(unsigned char c) {
   static const uint64_t lo = 0x03ff6cfa00000000ull; /* 0..63 */
   static const uint64_t hi = 0x57ffffffc7fffffeull; /* 64..127 */
   if (c < 64)
@@ -280,17 +280,17 @@ static int is_tchar(unsigned char c) {
   return c < 128 && ((hi >> (c - 64)) & 1);
 }
 
-static int is_token(const uint8_t *s, size_t n) {
+int kr__http_token_ok(const uint8_t *s, size_t n) {
   if (n == 0)
     return 0;
   for (size_t i = 0; i < n; i++) {
-    if (!is_tchar(s[i]))
+    if (!kr__http_is_tchar(s[i]))
       return 0;
   }
   return 1;
 }
 
-static int value_ok(const uint8_t *s, size_t n) {
+int kr__http_value_ok(const uint8_t *s, size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
       return 0;
@@ -303,7 +303,8 @@ static int write_fields(kr__strbuf *b, const kr_md *md, size_t n) {
     const kr_md *f = &md[i];
     if (f->name_len > 0 && f->name[0] == ':')
       continue;
-    if (!is_token(f->name, f->name_len) || !value_ok(f->value, f->value_len))
+    if (!kr__http_token_ok(f->name, f->name_len) ||
+        !kr__http_value_ok(f->value, f->value_len))
       return KR_EPROTO;
     kr__strbuf_add(b, f->name, f->name_len);
     kr__strbuf_add(b, ": ", 2);
@@ -337,7 +338,7 @@ int kr__http_write_request_head(kr__strbuf *b, const char *method,
     return KR_ENOMEM;
   size_t start = b->len;
   size_t mlen = strlen(method);
-  if (!is_token((const uint8_t *)method, mlen) || target_len == 0)
+  if (!kr__http_token_ok((const uint8_t *)method, mlen) || target_len == 0)
     return KR_EPROTO;
   /* request-target: visible ASCII and obs-text only (no SP, no CTL). */
   for (size_t i = 0; i < target_len; i++) {

@@ -59,6 +59,14 @@ const kr_md *kr__md_find(const kr_md *md, size_t n, const char *name);
 /* 1 if entry m is named name. */
 int kr__md_is(const kr_md *m, const char *name);
 
+/* 1 if c is an RFC 9110 token character ("!#$%&'*+-.^_`|~", digits,
+ * letters). */
+int kr__http_is_tchar(unsigned char c);
+/* 1 if p[0..n) is a non-empty RFC 9110 token (a method, a field name). */
+int kr__http_token_ok(const uint8_t *p, size_t n);
+/* 1 if p[0..n) holds no CR, LF or NUL (one header line, one C string). */
+int kr__http_value_ok(const uint8_t *p, size_t n);
+
 /* 1 if the comma-separated field value v[0..n) (optional blanks around
  * items, empty items allowed) lists the token name[0..len) (lower case),
  * compared ignoring case: "connection: keep-alive, Upgrade". */

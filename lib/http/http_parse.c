@@ -30,6 +30,7 @@
 
 #include <kasroute/error.h>
 
+#include "http/http_map.h"
 #include "http/http_parse.h"
 
 /* One header field while its head is collected: offsets into the arena,
@@ -118,16 +119,6 @@ struct kr__http_parser {
 };
 
 /* ---------------------------------------------------------------- helpers */
-
-/* RFC 9110 token characters ("!#$%&'*+-.^_`|~", digits, letters) as two
- * bitmaps of the ASCII range. */
-static int is_tchar(unsigned char c) {
-  static const uint64_t lo = 0x03ff6cfa00000000ull; /* 0..63 */
-  static const uint64_t hi = 0x57ffffffc7fffffeull; /* 64..127 */
-  if (c < 64)
-    return (int)((lo >> c) & 1);
-  return c < 128 && ((hi >> (c - 64)) & 1);
-}
 
 static int lower(int c) {
   return c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c;
@@ -579,7 +570,7 @@ static int finish_head(kr__http_parser *p) {
     if (f->name_len == 0)
       return fail(p, KR_EPROTO, "empty header field name");
     for (size_t j = 0; j < f->name_len; j++) {
-      if (!is_tchar((unsigned char)name[j]))
+      if (!kr__http_is_tchar((unsigned char)name[j]))
         return fail(p, KR_EPROTO, "bad header field name");
     }
     char *v = p->arena + f->value_off;

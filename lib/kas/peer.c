@@ -87,15 +87,39 @@ static void peer_unlink(kr__peer *p) {
   p->prev = p->next = NULL;
 }
 
-static void peer_free(kr__peer *p) {
+/* The rest of a link's end, from the loop (or from event_base_free()):
+ * the dialer's TLS configuration goes only now, after the transport that
+ * used it. */
+static void peer_reap(struct event *ev, void *arg) {
+  (void)ev;
+  kr__peer *p = arg;
+  if (p->has_dialer)
+    kr__dialer_free(&p->dialer);
+  free(p);
+}
+
+/* Frees the link: its waiting opens (without callbacks), its conn, its
+ * dialer. deferred: the conn reported its close (pc_closed()), so its
+ * transport may still be on the stack: a TLS transport that saw the close
+ * from inside its read path frees itself (mbedtls_ssl_free(), which reads
+ * the configuration) only when that path returns. The dialer and p then
+ * wait for the finalizer of p->ev, which runs from the loop once the
+ * current callback has returned (the conn is silent meanwhile: a conn
+ * freed inside its own callback calls back no more). */
+static void peer_free(kr__peer *p, int deferred) {
   while (p->pending) {
     kr__peer_open *o = p->pending;
     open_unlink(o);
     open_free(o);
   }
+  kr__conn_free(p->conn);
+  p->conn = NULL;
+  if (deferred && p->ev) {
+    event_free_finalize(0, p->ev, peer_reap);
+    return;
+  }
   if (p->ev)
     event_free(p->ev);
-  kr__conn_free(p->conn);
   if (p->has_dialer)
     kr__dialer_free(&p->dialer); /* after the conn */
   free(p);
@@ -205,7 +229,7 @@ static void pc_closed(kr__conn *c, int err, const char *why, void *ud) {
   char msg[512];
   snprintf(msg, sizeof(msg), "link to %.200s failed: %.200s", p->url, why);
   fail_pending(p, err ? err : KR_EIO, msg);
-  peer_free(p);
+  peer_free(p, 1);
 }
 
 static const kr__conn_cbs peer_conn_cbs = {pc_ready, pc_stream, pc_goaway,
@@ -264,7 +288,7 @@ static int peer_new(kr_kas *k, const char *url, kr__peer **out) {
     kr__free(kr_mem_default(), tok);
   }
   if (rc < 0) {
-    peer_free(p);
+    peer_free(p, 0);
     return rc;
   }
   p->pc.conn = p->conn;
@@ -324,7 +348,7 @@ void kr__peers_free_all(kr_kas *k) {
   while (k->peers) {
     kr__peer *p = k->peers;
     peer_unlink(p);
-    peer_free(p);
+    peer_free(p, 0);
   }
 }
 

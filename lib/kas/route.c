@@ -28,6 +28,15 @@
 #define KR__ROUTE_CACHE_US 2000000u
 #define KR__ROUTE_CACHE_SLOTS 1024u
 #define KR__ROUTE_CACHE_URLS 4
+/* A peer that answered "not here" (or refused) for an agent is no
+ * candidate for it this long, whatever a lookup says: it deletes its own
+ * field when it answers, but that HDEL races with the lookup the first
+ * kas makes next (a request routed again, another request), which could
+ * otherwise read the field before it is gone and send the peer another
+ * stream that waits its whole hop wait in vain. A wake-up from that peer
+ * (it registered the agent since) lifts the mark at once. */
+#define KR__ROUTE_GONE_US 2000000u
+#define KR__ROUTE_GONE_URLS 2
 
 typedef struct route_cache_slot {
   int64_t agent;
@@ -39,6 +48,9 @@ typedef struct route_cache_slot {
   kr_time_us pending_until;
   unsigned n, next;
   char url[KR__ROUTE_CACHE_URLS][256];
+  /* Peers that said "not here" for agent, each until gone_until[i]. */
+  kr_time_us gone_until[KR__ROUTE_GONE_URLS];
+  char gone[KR__ROUTE_GONE_URLS][256];
 } route_cache_slot;
 
 /* A direct-mapped table per kas (allocated on first use). */
@@ -50,15 +62,67 @@ static route_cache_slot *cache_slot(kr_kas *k, int64_t agent) {
   return &c[(uint64_t)agent % KR__ROUTE_CACHE_SLOTS];
 }
 
-/* Starts a fresh entry for agent (drops what another agent had there). */
-static route_cache_slot *cache_reset(kr_kas *k, int64_t agent) {
+/* The slot of agent, taken over (empty) if another agent had it. */
+static route_cache_slot *cache_own(kr_kas *k, int64_t agent) {
   route_cache_slot *c = cache_slot(k, agent);
+  if (c && c->agent != agent) {
+    c->agent = agent;
+    c->until = 0;
+    c->n = c->next = 0;
+    memset(c->gone_until, 0, sizeof(c->gone_until));
+  }
+  return c;
+}
+
+/* Starts a fresh list of candidates for agent (drops what another agent
+ * had there; keeps the agent's "not here" marks). */
+static route_cache_slot *cache_reset(kr_kas *k, int64_t agent) {
+  route_cache_slot *c = cache_own(k, agent);
   if (!c)
     return NULL;
-  c->agent = agent;
   c->until = kr__now_us() + KR__ROUTE_CACHE_US;
   c->n = c->next = 0;
   return c;
+}
+
+/* Whether the peer at url said "not here" for agent lately. */
+static int cache_is_gone(kr_kas *k, int64_t agent, const char *url) {
+  route_cache_slot *c = cache_slot(k, agent);
+  if (!c || c->agent != agent)
+    return 0;
+  kr_time_us now = kr__now_us();
+  for (unsigned i = 0; i < KR__ROUTE_GONE_URLS; i++)
+    if (c->gone_until[i] > now && strcmp(c->gone[i], url) == 0)
+      return 1;
+  return 0;
+}
+
+/* Marks url "not here" for agent (replacing the oldest mark if full). */
+static void cache_mark_gone(kr_kas *k, int64_t agent, const char *url) {
+  route_cache_slot *c = cache_own(k, agent);
+  if (!c || strlen(url) >= sizeof(c->gone[0]))
+    return;
+  unsigned at = 0;
+  for (unsigned i = 0; i < KR__ROUTE_GONE_URLS; i++) {
+    if (strcmp(c->gone[i], url) == 0) {
+      at = i;
+      break;
+    }
+    if (c->gone_until[i] < c->gone_until[at])
+      at = i;
+  }
+  snprintf(c->gone[at], sizeof(c->gone[0]), "%s", url);
+  c->gone_until[at] = kr__now_us() + KR__ROUTE_GONE_US;
+}
+
+/* News from url for agent (a wake-up): it is a candidate again. */
+static void cache_unmark_gone(kr_kas *k, int64_t agent, const char *url) {
+  route_cache_slot *c = cache_slot(k, agent);
+  if (!c || c->agent != agent)
+    return;
+  for (unsigned i = 0; i < KR__ROUTE_GONE_URLS; i++)
+    if (strcmp(c->gone[i], url) == 0)
+      c->gone_until[i] = 0;
 }
 
 static void cache_add(route_cache_slot *c, const char *url) {
@@ -97,6 +161,8 @@ static void cache_drop(kr_kas *k, int64_t agent, const char *url) {
 
 void kr__route_forget(kr_kas *k, int64_t agent, const char *url) {
   cache_drop(k, agent, url);
+  if (url)
+    cache_mark_gone(k, agent, url);
 }
 
 struct kr__route {
@@ -321,14 +387,16 @@ static void lookup_cb(const kr__presence_candidate *c, size_t n, int err,
     cs->pending_agent = 0;
   cs = n ? cache_reset(k, agent) : NULL;
   for (size_t i = 0; i < n; i++)
-    cache_add(cs, c[i].url);
+    if (!cache_is_gone(k, agent, c[i].url))
+      cache_add(cs, c[i].url);
   /* Every request waiting for this agent gets the answer: while this
    * lookup ran, the others did not ask Redis themselves. */
   for (kr__route *q = k->routes; q; q = q->next) {
     if (q->agent != agent || q->hop || q->peer_open || q->lookup)
       continue;
     for (size_t i = 0; i < n; i++)
-      add_cand(q, c[i].url, 0);
+      if (!cache_is_gone(k, agent, c[i].url))
+        add_cand(q, c[i].url, 0);
     try_peers(q);
   }
 }
@@ -387,6 +455,7 @@ static void try_route(kr__route *r) {
 
 void kr__route_wake(kr_kas *k, int64_t agent, const char *url) {
   if (url && *url) {
+    cache_unmark_gone(k, agent, url);
     route_cache_slot *c = cache_slot(k, agent);
     if (c && (c->agent != agent || c->until < kr__now_us()))
       c = cache_reset(k, agent);

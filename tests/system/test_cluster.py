@@ -41,8 +41,12 @@ secret:    kasd D with another private secret on the same Redis: a
 hop:       hand-written presence (docs/PRESENCE.md schema, the real
            heartbeats' boot ids) says the agent is on C (read by B) and
            on B (read by C), no agent anywhere: a request to B ends with
-           504 within the route timeout, C serves exactly one hop stream
-           and never forwards it (no peer link from C, no hop at B).
+           B's own 504 at the route timeout, C serves exactly one hop
+           stream and never forwards it (no peer link from C, no hop at
+           B). B routes the body-less request once more after C's "not
+           here", with a fresh lookup that may still read C's field (C's
+           own HDEL races with it): C, which just said "not here", is no
+           candidate then.
 stale:     the agent on A plus a hand-written live entry of C that C does
            not hold, weighted to be tried first: C answers the hop stream
            "not here" and B, the first kas, tries A: the request succeeds.
@@ -76,6 +80,7 @@ ROUTE_TIMEOUT = 3
 SLACK = 2.0  # seconds a routed request may outlive its deadline
 WAKEUP_LIMIT_MS = 100
 RECOVERY_LIMIT = 5.0  # kill -9 of a replica -> requests through C again
+HOP_WAIT = 2.0  # kas's wait for a local tunnel on a hop stream (kas.c)
 # Redis back -> cross-replica routing again: the Redis client's reconnect
 # backoff is capped at 5 s (full jitter), plus one route deadline.
 REDIS_RECOVERY_LIMIT = 5.0 + ROUTE_TIMEOUT + 1.0
@@ -102,6 +107,20 @@ def log_ts_ms(line):
     check(m, "no ts= in %r" % line)
     y, mo, d, h, mi, s, ms = (int(x) for x in m.groups())
     return calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0)) * 1000.0 + ms
+
+
+def watch_count(proc, regex, until):
+    """The distinct counts of regex in proc's log seen from now until the
+    monotonic time until (for checks that nothing more happens within a
+    known bound), in the order seen."""
+    seen = []
+    while True:
+        n = proc.count_log(regex)
+        if not seen or seen[-1] != n:
+            seen.append(n)
+        if time.monotonic() >= until:
+            return seen
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------
@@ -581,11 +600,16 @@ def test_wakeup(env):
     other = AGENT_ID + 1000  # never connects (not in the token table)
 
     def waiters(n, hold):
+        """n requests wait on B for an agent that never connects; Redis
+        commands are counted during hold seconds of their wait. Returns
+        (commands in the window, window length, lookups the window may
+        hold)."""
         hg = redis.commandstats().get("hgetall", 0)
-        done = []
+        done = []  # (start, end, status), monotonic clock
         lock = threading.Lock()
 
         def w():
+            t0 = time.monotonic()
             try:
                 r = cl.get(b, svc("/status?code=200", agent=other),
                            timeout=scaled(15))
@@ -593,8 +617,9 @@ def test_wakeup(env):
             except Exception as e:
                 res = repr(e)
             with lock:
-                done.append(res)
+                done.append((t0, time.monotonic(), res))
         ths = [threading.Thread(target=w, daemon=True) for _ in range(n)]
+        t_first = time.monotonic()  # no request reached B before this
         for t in ths:
             t.start()
         # Requests arriving together share one lookup: wait for the first,
@@ -610,35 +635,63 @@ def test_wakeup(env):
             same = v == last[0]
             last[0] = v
             return same
+        settle = 0.3
         harness.wait_until(settled, scaled(5), "lookups to settle",
-                           interval=0.3)
+                           interval=settle)
+        # The window closes before the first request's deadline, so every
+        # request waits through all of it.
+        hold = min(hold, t_first + cl.route_timeout - 0.5 - time.monotonic())
+        check(hold >= 1.0, "the lookups took %.1f s to settle" %
+              (time.monotonic() - t_first))
         s0 = redis.commandstats()
         t0 = time.monotonic()
         time.sleep(hold)  # the quantity measured is "commands per time"
         s1 = redis.commandstats()
         dt = time.monotonic() - t0
-        check(not done, "a waiting request ended early: %r" % done)
         for t in ths:
-            t.join(scaled(10))
-        check(done == [504] * n, "waiting requests ended with %r, want "
-              "504 each" % done)
-        return stats_delta(s0, s1), dt
+            t.join(scaled(cl.route_timeout + 10))
+        check(len(done) == n, "%d of %d waiting requests ended" %
+              (len(done), n))
+        # Each waited its whole deadline (B answers 504 when it passes).
+        check(all(x[2] == 504 and x[1] - x[0] >= cl.route_timeout - 0.05
+                  for x in done), "waiting requests ended with %r, want "
+              "504 each after %d s" % ([(round(x[1] - x[0], 2), x[2])
+                                        for x in done], cl.route_timeout))
+        # The settling above is a heuristic: under load a request thread
+        # may reach B only inside the window (or during the last settle
+        # interval, its lookup reaching Redis after the first snapshot),
+        # and its arrival costs one lookup (HGETALL; the agent has no
+        # entry, so nothing follows). B answers at arrival + route
+        # timeout, never earlier, so end - route timeout is at or after
+        # the arrival: every such request is counted, and only its one
+        # lookup is allowed.
+        late = sum(1 for x in done
+                   if x[1] - cl.route_timeout > t0 - settle)
+        return stats_delta(s0, s1), dt, late
 
-    d1, t1 = waiters(1, 3.0)
-    d10, t10 = waiters(10, 3.0)
+    d1, t1, late1 = waiters(1, 3.0)
+    d10, t10, late10 = waiters(10, 3.0)
     n1 = sum(d1.values())
     n10 = sum(d10.values())
     log("Redis commands in %.1f s with 1 request waiting: %d %r", t1, n1, d1)
     log("Redis commands in %.1f s with 10 requests waiting: %d %r", t10, n10,
         d10)
+    if late1 or late10:
+        log("requests that reached kas-b late (their one lookup may fall "
+            "in the window): %d of 1, %d of 10", late1, late10)
     # Only the instances' own periodic commands may run meanwhile (two
-    # heartbeats per 2 s); nothing per waiting request.
-    periodic = {"set"}
-    check(set(d1) <= periodic and set(d10) <= periodic,
-          "commands other than heartbeats while requests wait: 1 -> %r, "
-          "10 -> %r" % (d1, d10))
-    check(n10 <= n1 + 2, "commands grow with waiting requests: %d with 1, "
-          "%d with 10" % (n1, n10))
+    # heartbeats per 2 s), plus at most the arrival lookup of a request
+    # that reached B late; nothing while a request waits.
+    for d, late, n in ((d1, late1, 1), (d10, late10, 10)):
+        extra = {k: v for k, v in d.items() if k != "set"}
+        check(set(extra) <= {"hgetall"} and extra.get("hgetall", 0) <= late,
+              "commands other than heartbeats while %d requests wait: %r "
+              "(%d arrived late)" % (n, d, late))
+    # Heartbeats only: as many with 10 waiting as with 1 (the window may
+    # hold one more heartbeat of each instance).
+    check(d10.get("set", 0) <= d1.get("set", 0) + 2,
+          "commands grow with waiting requests: %r with 1, %r with 10" %
+          (d1, d10))
 
 
 def test_kill9(env):
@@ -732,10 +785,18 @@ def test_redis(env):
     log("redis-server killed with SIGKILL")
     for k in (a, c):
         k.proc.wait_log(r"event=redis_disconnected ", 1, scaled(10))
-    # Local routing on A while Redis is away: 2 s of requests, all 200.
-    time.sleep(2.0)  # the quantity under test is "keeps working for a while"
+    t_down = time.time()
+    # Local routing on A while Redis is away, for a while (2 s, over the
+    # Redis client's first reconnect attempts) and for a number of
+    # requests however slowly they go: all 200.
+
+    def local_ok():
+        done = [x for x in local.snapshot() if x[0] > t_down]
+        return (time.time() - t_down >= 2.0 and len(done) >= 5) and done
+    harness.wait_until(local_ok, scaled(15), "5 requests through kas-a's "
+                       "own gateway, over 2 s, while Redis is down")
     during = [x for x in local.snapshot() if x[0] > t_kill]
-    check(len(during) >= 5 and all(x[2] == 200 for x in during),
+    check(all(x[2] == 200 for x in during),
           "kas-a's gateway -> agent on kas-a while Redis is down: %d "
           "requests, statuses %r" % (len(during),
                                      sorted(set(x[2] for x in during))))
@@ -785,7 +846,7 @@ def test_redis(env):
                                     k.proc.stderr(), re.M)
                if log_ts_ms(ln) / 1000.0 > t_up - 0.5)
     late = [x for x in res_remote
-            if x[2] == 504 and x[0] < back and x[1] > back + 0.5]
+            if x[2] == 504 and x[0] < back and x[1] > back + scaled(0.5)]
     check(not late, "requests waiting on kas-c when both kas were back on "
           "Redis (+%.2f s) timed out anyway: %s" % (back - t_up, ", ".join(
               "%+.2f..%+.2f" % (x[0] - t_up, x[1] - t_up) for x in late)))
@@ -858,14 +919,29 @@ def test_hop(env):
     log("fake presence %s: %r", key, redis.cli("HGETALL", key))
 
     r = cl.get(b, svc("/status?code=200"))
+    t_answer = time.monotonic()
     log("request to kas-b: %r after %.2f s", r, r.seconds)
-    check(r.status == 504, "request to kas-b: %r" % r)
+    # B's own answer at its deadline ("not connected", without C's
+    # "here"): after C's "not here" B retried, found no other candidate
+    # and waited for a local tunnel.
+    check(r.status == 504 and r.json().get("error") ==
+          "agent %d is not connected" % AGENT_ID,
+          "request to kas-b: %r" % r)
     check(r.seconds <= scaled(ROUTE_TIMEOUT + SLACK),
           "request took %.2f s" % r.seconds)
-    # C got the stream with the hop mark and only waited locally.
-    hops_c = c.proc.count_log(r"event=route_timeout kas=kas-c agent=%d "
-                              r"hop=1" % AGENT_ID)
-    check(hops_c == 1, "kas-c served %d hop streams, want 1" % hops_c)
+    # C got the stream with the hop mark and only waited locally: exactly
+    # one stream, although B's retry may still have read C's field (C
+    # deletes it as it answers "not here"; B's lookup can come first). A
+    # peer that answered "not here" is no candidate for the agent for a
+    # while (lib/kas/route.c), so no second stream waits at C. A stream
+    # B had sent before answering would end at C within the hop wait, so
+    # C's count is watched that long after the answer: what is checked is
+    # the absence of a second stream, which no event announces.
+    hop_re = r"event=route_timeout kas=kas-c agent=%d hop=1" % AGENT_ID
+    counts = watch_count(c.proc, hop_re,
+                         t_answer + scaled(HOP_WAIT) + 0.5)
+    check(counts[-1] == 1, "kas-c served %d hop streams, want exactly 1 "
+          "(counts seen after kas-b's answer: %s)" % (counts[-1], counts))
     check(c.proc.count_log(r"event=peer_connected ") == 0 and
           b.proc.count_log(r"event=peer_accepted ") == 0,
           "kas-c forwarded the hop stream back to kas-b")
@@ -908,6 +984,12 @@ def test_stale(env):
     r = cl.get(b, svc("/bytes?n=1000&seed=11"))
     log("request to kas-b with a stale entry of kas-c first: %r after "
         "%.2f s", r, r.seconds)
+    # kas-c logs its hop timeout before it answers "not here", so the
+    # count is final here. kas-b's retry is a fresh lookup that may still
+    # read kas-c's field (kas-c's own HDEL races with it); kas-c, which
+    # has just said "not here", is skipped, so the retry goes to kas-a. A
+    # second stream to kas-c would hold the request until kas-c's next
+    # "not here" (the gateway retries once): no 200.
     hops_c = c.proc.count_log(r"event=route_timeout kas=kas-c agent=%d "
                               r"hop=1" % AGENT_ID)
     check(hops_c == 1, "kas-c served %d hop streams, want 1" % hops_c)
@@ -941,6 +1023,7 @@ def test_moved(env):
     results = []
     lock = threading.Lock()
     stop = threading.Event()
+    started = []  # the request threads
 
     def one():
         t0 = time.time()
@@ -953,7 +1036,9 @@ def test_moved(env):
 
     def arrivals():
         while not stop.wait(0.05):
-            threading.Thread(target=one, daemon=True).start()
+            t = threading.Thread(target=one, daemon=True)
+            started.append(t)
+            t.start()
     gen = threading.Thread(target=arrivals, daemon=True)
     gen.start()
     try:
@@ -985,9 +1070,14 @@ def test_moved(env):
         t_ok - t_move)
     check(t_ok - t_move < scaled(RECOVERY_LIMIT), "recovery took %.2f s" %
           (t_ok - t_move))
-    harness.wait_until(lambda: len(results) == len(set(results)) and
-                       threading.active_count() <= 2, scaled(15),
-                       "the requests in flight to end")
+    end = time.monotonic() + scaled(15)
+    for t in started:
+        t.join(max(0.0, end - time.monotonic()))
+    check(not any(t.is_alive() for t in started),
+          "%d requests through kas-b did not end" %
+          sum(1 for t in started if t.is_alive()))
+    check(len(results) == len(started), "%d requests recorded, %d sent" %
+          (len(results), len(started)))
     check_deadlines(sorted(results), scaled(ROUTE_TIMEOUT + SLACK),
                     "requests through kas-b around the move")
 

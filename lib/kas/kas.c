@@ -528,7 +528,7 @@ static void agent_ready(kas_conn *kc, const kr_md *md, size_t n) {
     memcpy(kc->replica, name->value, nl);
     kc->replica[nl] = 0;
   } else {
-    snprintf(kc->replica, sizeof(kc->replica), "%s", kc->peer);
+    snprintf(kc->replica, sizeof(kc->replica), "%.127s", kc->peer);
   }
   /* Replica names go into logs and listings: keep them printable. */
   for (char *p = kc->replica; *p; p++)

@@ -74,7 +74,10 @@ struct kas_conn {
   int64_t agent_id;     /* agents */
   char replica[128];    /* agents: HELLO ":name" */
   kr__tunnel *tunnel;   /* agents, while in the registry */
-  char peer[96];
+  /* Accepted connections: the peer's "ip:port", for logs. Links to other
+   * instances (peer.c): the instance's private URL, which routing uses as
+   * its key (kr__route_forget()), so it must hold a whole one. */
+  char peer[512];
   char addr[64];        /* peer IP without port, for throttling */
   /* API clients: what their JWT allows (agents claim) and who they are
    * for the Kubernetes service (user, groups claims); NULL otherwise. */
@@ -86,6 +89,10 @@ struct kas_conn {
   size_t n_held;
   kas_conn *prev, *next;
 };
+
+_Static_assert(sizeof(((kas_conn *)0)->peer) >=
+                   sizeof(((kr_kas_options *)0)->private_url),
+               "kas_conn.peer must hold a whole private URL");
 
 struct kr_kas {
   struct event_base *base;

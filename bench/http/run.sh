@@ -736,6 +736,39 @@ label() {
     handler) echo "kas gateway -> handler agent ($AGENT_TRANSPORT)" ;;
   esac
 }
+# ratio_table SUBJECT LABEL OTHER...: a table of SUBJECT / OTHER (req/s and
+# p99, every connection count) for each OTHER path that ran, then, when
+# kas ran, SUBJECT's p50 and p99 minus kas's ("LABEL c=N: ...").
+ratio_table() {
+  local subj=$1 label=$2 p k c hdr sep="|------------------------|" row
+  shift 2
+  hdr="| $(printf '%-22s' ratio) |"
+  for k in rps p99; do
+    for c in "${CONNS[@]}"; do
+      hdr+=" $(printf '%11s' "${k/rps/req\/s} c=$c") |"
+      sep+="-------------|"
+    done
+  done
+  echo "$hdr"
+  echo "$sep"
+  for p in "$@"; do
+    want "$p" || continue
+    row="| $(printf '%-22s' "$subj / $(short "$p")") |"
+    for k in rps p99; do
+      for c in "${CONNS[@]}"; do
+        row+=" $(printf '%11s' "$(ratio "$(med "$subj" "$c" $k %.4f)" "$(med "$p" "$c" $k %.4f)")") |"
+      done
+    done
+    echo "$row"
+  done
+  want kas || return 0
+  local d='BEGIN { if (a == "nan" || b == "nan") print "-"; else printf "%+.3f ms", a - b }'
+  for c in "${CONNS[@]}"; do
+    echo "  $label c=$c: p50 $(awk -v a="$(med "$subj" "$c" p50 %.4f)" -v b="$(med kas "$c" p50 %.4f)" "$d"), p99 $(awk \
+      -v a="$(med "$subj" "$c" p99 %.4f)" -v b="$(med kas "$c" p99 %.4f)" "$d") ($subj - kas, medians)"
+  done
+}
+
 short() { case $1 in direct) echo direct ;; nginx) echo "nginx proxy" ;; ssh) echo "ssh -R" ;; kas) echo kas ;; esac; }
 # part_us PATH CONNS PROCESS: median over the runs of one process's CPU
 # microseconds per request ("-" when not measured).
@@ -791,65 +824,7 @@ report() {
   echo
   if want kas; then
     echo "kas against the alternatives (kas / other; req/s: higher is better for kas; p99: lower):"
-    local k hdr sep="|------------------------|" row
-    hdr="| $(printf '%-22s' ratio) |"
-    for k in rps p99; do
-      for c in "${CONNS[@]}"; do
-        hdr+=" $(printf '%11s' "${k/rps/req\/s} c=$c") |"
-        sep+="-------------|"
-      done
-    done
-    echo "$hdr"
-    echo "$sep"
-    for p in nginx ssh direct; do
-      want "$p" || continue
-      row="| $(printf '%-22s' "kas / $(short "$p")") |"
-      for k in rps p99; do
-        for c in "${CONNS[@]}"; do
-          row+=" $(printf '%11s' "$(ratio "$(med kas "$c" $k %.4f)" "$(med "$p" "$c" $k %.4f)")") |"
-        done
-      done
-      echo "$row"
-    done
-    echo
-    echo "Goals:"
-    goal "kas req/s / nginx proxy req/s at $CMAX connections" \
-      "$(ratio "$(med kas "$CMAX" rps)" "$(med nginx "$CMAX" rps)")" ">=" 1.0
-    goal "kas p99 / nginx proxy p99 at $CMIN connection(s)" \
-      "$(ratio "$(med kas "$CMIN" p99 %.4f)" "$(med nginx "$CMIN" p99 %.4f)")" "<=" 2.0
-    echo
-  fi
-  if want peer; then
-    echo "peer (kas B -> peer link -> kas A) against the other paths (peer / other); peer / kas"
-    echo "is the cost of the extra hop between kas instances:"
-    local k hdr sep="|------------------------|" row
-    hdr="| $(printf '%-22s' ratio) |"
-    for k in rps p99; do
-      for c in "${CONNS[@]}"; do
-        hdr+=" $(printf '%11s' "${k/rps/req\/s} c=$c") |"
-        sep+="-------------|"
-      done
-    done
-    echo "$hdr"
-    echo "$sep"
-    for p in kas nginx ssh direct; do
-      want "$p" || continue
-      row="| $(printf '%-22s' "peer / $(short "$p")") |"
-      for k in rps p99; do
-        for c in "${CONNS[@]}"; do
-          row+=" $(printf '%11s' "$(ratio "$(med peer "$c" $k %.4f)" "$(med "$p" "$c" $k %.4f)")") |"
-        done
-      done
-      echo "$row"
-    done
-    if want kas; then
-      for c in "${CONNS[@]}"; do
-        echo "  extra hop at c=$c: p50 $(awk -v a="$(med peer "$c" p50 %.4f)" -v b="$(med kas "$c" p50 %.4f)" \
-          'BEGIN { if (a == "nan" || b == "nan") print "-"; else printf "%+.3f ms", a - b }'), p99 $(awk \
-          -v a="$(med peer "$c" p99 %.4f)" -v b="$(med kas "$c" p99 %.4f)" \
-          'BEGIN { if (a == "nan" || b == "nan") print "-"; else printf "%+.3f ms", a - b }') (peer - kas, medians)"
-      done
-    fi
+    ratio_table peer "extra hop at" kas nginx ssh direct
     echo
     echo "Redis during the peer path's runs (redis-server ${PEER_REDIS_VERSION:-?}; INFO commandstats, calls of"
     echo "all commands by both kasd between the start and the end of each run, INFO itself left out):"
@@ -871,33 +846,8 @@ report() {
     echo "handler (kas gateway -> an agent answering with an HTTP handler, same body, no upstream)"
     echo "against the other paths (handler / other); handler / kas is the agent answering"
     echo "in-process against agentd proxying to the upstream nginx:"
-    local k hdr sep="|------------------------|" row
-    hdr="| $(printf '%-22s' ratio) |"
-    for k in rps p99; do
-      for c in "${CONNS[@]}"; do
-        hdr+=" $(printf '%11s' "${k/rps/req\/s} c=$c") |"
-        sep+="-------------|"
-      done
-    done
-    echo "$hdr"
-    echo "$sep"
-    for p in direct kas; do
-      want "$p" || continue
-      row="| $(printf '%-22s' "handler / $(short "$p")") |"
-      for k in rps p99; do
-        for c in "${CONNS[@]}"; do
-          row+=" $(printf '%11s' "$(ratio "$(med handler "$c" $k %.4f)" "$(med "$p" "$c" $k %.4f)")") |"
-        done
-      done
-      echo "$row"
-    done
+    ratio_table handler at direct kas
     if want kas; then
-      for c in "${CONNS[@]}"; do
-        echo "  at c=$c: p50 $(awk -v a="$(med handler "$c" p50 %.4f)" -v b="$(med kas "$c" p50 %.4f)" \
-          'BEGIN { if (a == "nan" || b == "nan") print "-"; else printf "%+.3f ms", a - b }'), p99 $(awk \
-          -v a="$(med handler "$c" p99 %.4f)" -v b="$(med kas "$c" p99 %.4f)" \
-          'BEGIN { if (a == "nan" || b == "nan") print "-"; else printf "%+.3f ms", a - b }') (handler - kas, medians)"
-      done
       echo
       echo "CPU us per request (medians over the runs): kasd, the agent (agentd or handler_agent),"
       echo "their sum, and with the upstream nginx's CPU added (kas only; handler has no upstream):"
